@@ -1,0 +1,282 @@
+"""Ollama-compatible routes: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
+/api/version and `GET /`. Streaming is NDJSON and on by default, as in Ollama."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.api.streaming import collect, ndjson
+from agent.engine.types import ChatRequest, Chunk, Message, SamplingParams
+from agent.routing.router import Routed
+
+if TYPE_CHECKING:
+    from agent.service import Service
+
+router = APIRouter()
+
+OLLAMA_API_VERSION = "0.9.0"  # the Ollama API level these routes follow
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    num_predict: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    repeat_penalty: Annotated[float, Field(gt=0.0)] | None = None
+
+    def sampling(self) -> SamplingParams:
+        # Ollama: num_predict -1 (or -2) means "until the context is full / no limit".
+        limit = self.num_predict if self.num_predict and self.num_predict > 0 else None
+        return SamplingParams(
+            max_tokens=limit,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            repetition_penalty=self.repeat_penalty,
+            stop=tuple(self.stop or ()),
+        )
+
+
+class OllamaMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str = ""
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+
+
+class ShowBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    name: str | None = None  # older clients
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _final_fields(final: Chunk, started: float) -> dict[str, Any]:
+    timings, usage = final.timings, final.usage
+    fields: dict[str, Any] = {
+        "done": True,
+        "done_reason": final.finish_reason.value if final.finish_reason else "stop",
+        "total_duration": int((time.perf_counter() - started) * 1e9),
+        "load_duration": 0,
+        "prompt_eval_count": usage.prompt_tokens if usage else 0,
+        "prompt_eval_duration": int(timings.prompt_s * 1e9) if timings else 0,
+        "eval_count": usage.completion_tokens if usage else 0,
+        "eval_duration": int(timings.decode_s * 1e9) if timings else 0,
+    }
+    if final.error:
+        fields["error"] = final.error
+    return fields
+
+
+@router.get("/", response_class=PlainTextResponse)
+async def root() -> str:
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version() -> dict:
+    return {"version": OLLAMA_API_VERSION}
+
+
+@router.post("/api/chat")
+async def chat(body: ChatBody, request: Request) -> Any:
+    started = time.perf_counter()
+    internal = ChatRequest(
+        model=body.model,
+        messages=tuple(Message(m.role, m.content) for m in body.messages),
+        sampling=body.options.sampling(),
+    )
+    if not internal.messages:  # Ollama: an empty chat just loads the model
+        _service(request).names.resolve(body.model)
+        return {
+            "model": body.model,
+            "created_at": _now(),
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "load",
+        }
+    routed = await _service(request).router.submit(internal)
+
+    def message(text: str) -> dict:
+        return {"role": "assistant", "content": text}
+
+    if body.stream:
+        return _ndjson_stream(routed, body.model, started, lambda t: {"message": message(t)})
+    done = await collect(request, routed)
+    return {
+        "model": body.model,
+        "created_at": _now(),
+        "message": message(done.text),
+        **_final_fields(done.final, started),
+    }
+
+
+@router.post("/api/generate")
+async def generate(body: GenerateBody, request: Request) -> Any:
+    started = time.perf_counter()
+    if not body.prompt:  # Ollama: an empty prompt just loads the model
+        _service(request).names.resolve(body.model)
+        return {
+            "model": body.model,
+            "created_at": _now(),
+            "response": "",
+            "done": True,
+            "done_reason": "load",
+        }
+    if body.raw:
+        internal = ChatRequest(
+            model=body.model, prompt=body.prompt, sampling=body.options.sampling()
+        )
+    else:
+        system = (Message("system", body.system),) if body.system else ()
+        internal = ChatRequest(
+            model=body.model,
+            messages=(*system, Message("user", body.prompt)),
+            sampling=body.options.sampling(),
+        )
+    routed = await _service(request).router.submit(internal)
+    if body.stream:
+        return _ndjson_stream(routed, body.model, started, lambda t: {"response": t})
+    done = await collect(request, routed)
+    return {
+        "model": body.model,
+        "created_at": _now(),
+        "response": done.text,
+        **_final_fields(done.final, started),
+    }
+
+
+def _ndjson_stream(routed: Routed, model: str, started: float, body: Any) -> StreamingResponse:
+    async def lines() -> AsyncIterator[str]:
+        async for chunk in routed.chunks:
+            if chunk.finish_reason is not None:
+                if chunk.text:
+                    yield ndjson(
+                        {"model": model, "created_at": _now(), **body(chunk.text), "done": False}
+                    )
+                yield ndjson(
+                    {
+                        "model": model,
+                        "created_at": _now(),
+                        **body(""),
+                        **_final_fields(chunk, started),
+                    }
+                )
+            elif chunk.text:
+                yield ndjson(
+                    {"model": model, "created_at": _now(), **body(chunk.text), "done": False}
+                )
+
+    headers = {"X-Edge-Agent-Backend": routed.backend, "X-Edge-Agent-Provider": routed.provider}
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+
+def _model_entry(service: Service, name: str) -> dict[str, Any]:
+    info = service.info
+    size = sum(p.stat().st_size for p in info.path.iterdir() if p.is_file())
+    tag = name if ":" in name else f"{name}:latest"
+    return {
+        "name": tag,
+        "model": tag,
+        "modified_at": datetime.fromtimestamp(info.path.stat().st_mtime, UTC).isoformat(),
+        "size": size,
+        "digest": "",
+        "details": {
+            "parent_model": info.name if name != info.name else "",
+            "format": "onnx",
+            "family": info.manifest.get("family", "llama"),
+            "families": [info.manifest.get("family", "llama")],
+            "parameter_size": info.manifest.get("parameter_size", ""),
+            "quantization_level": info.precision,
+        },
+    }
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict:
+    service = _service(request)
+    return {"models": [_model_entry(service, name) for name in service.names.listed()]}
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict:
+    service = _service(request)
+    entry = _model_entry(service, service.info.name)
+    return {"models": [{**entry, "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0}]}
+
+
+@router.post("/api/show")
+async def show(body: ShowBody, request: Request) -> Any:
+    service = _service(request)
+    name = body.model or body.name
+    if not name:
+        return JSONResponse({"error": "model is required"}, status_code=400)
+    profile = service.names.resolve(name)
+    info = service.info
+    parameters = []
+    system = ""
+    if profile is not None:
+        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
+            value = getattr(profile, key)
+            if value is not None:
+                parameters.append(f"{key.replace('repetition_penalty', 'repeat_penalty')} {value}")
+        parameters += [f'stop "{s}"' for s in profile.stop]
+        system = profile.system or ""
+    modelfile = f"FROM {info.name}\n" + "".join(f"PARAMETER {p}\n" for p in parameters)
+    if system:
+        modelfile += f'SYSTEM """{system}"""\n'
+    return {
+        "modelfile": modelfile,
+        "parameters": "\n".join(parameters),
+        "template": "",
+        "system": system,
+        "details": _model_entry(service, name)["details"],
+        "model_info": {
+            "general.architecture": info.manifest.get("family", "llama"),
+            "context_length": info.context_length,
+            "edge_agent.variant": info.variant,
+            "edge_agent.provider": service.engine.provider,
+        },
+        "capabilities": ["completion"],
+        "modified_at": _model_entry(service, name)["modified_at"],
+    }

@@ -1,0 +1,134 @@
+"""Command line: `edge-agent serve | chat | status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent import __version__, log
+from agent.models.local import ModelDirError
+from agent.settings import SettingsError, load_settings
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--http-host")
+    serve.add_argument("--http-port", type=int)
+    serve.add_argument("--model", type=Path, help="model directory")
+    serve.add_argument("--model-variant")
+    serve.add_argument("--provider")
+    serve.add_argument("--max-context", type=int)
+    serve.add_argument("--max-batch", type=int)
+    serve.add_argument("--max-queue", type=int)
+    serve.add_argument("--mqtt-url")
+    serve.add_argument("--device-id")
+    serve.add_argument("--log-level")
+    serve.add_argument("--log-format")
+    serve.add_argument("--log-prompts", action="store_true", default=None)
+
+    url = "http://127.0.0.1:8080"
+    chat = commands.add_parser("chat", help="one-shot prompt to a running daemon, streamed")
+    chat.add_argument("prompt")
+    chat.add_argument("--url", default=url)
+    chat.add_argument("--model", default=None, help="model or profile (default: the active model)")
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+
+    status = commands.add_parser("status", help="show a running daemon's status")
+    status.add_argument("--url", default=url)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        sys.exit(_serve(args))
+    if args.command == "chat":
+        sys.exit(_chat(args))
+    sys.exit(_status(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags = {
+        name: getattr(args, name)
+        for name in (
+            "http_host",
+            "http_port",
+            "model",
+            "model_variant",
+            "provider",
+            "max_context",
+            "max_batch",
+            "max_queue",
+            "mqtt_url",
+            "device_id",
+            "log_level",
+            "log_format",
+            "log_prompts",
+        )
+    }
+    try:
+        settings = load_settings(args.config, **flags)
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"edge-agent: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    log.configure(settings.log_level, settings.log_format, settings.log_prompts)
+    from agent.service import run  # imported late: loads onnxruntime-genai
+
+    try:
+        return asyncio.run(run(settings))
+    except ModelDirError as exc:
+        print(f"edge-agent: invalid setting model={settings.model}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    with httpx.Client(base_url=args.url, timeout=None) as client:
+        model = args.model or client.get("/v1/agent/status").json()["model"]["name"]
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": args.prompt}],
+            "stream": True,
+        }
+        if args.max_tokens is not None:
+            body["max_tokens"] = args.max_tokens
+        if args.temperature is not None:
+            body["temperature"] = args.temperature
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                print(f"edge-agent: {response.json()['error']['message']}", file=sys.stderr)
+                return 1
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                print(choices[0].get("delta", {}).get("content") or "", end="", flush=True)
+    print()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        response = httpx.get(f"{args.url}/v1/agent/status", timeout=5)
+    except httpx.HTTPError as exc:
+        print(f"edge-agent: no daemon at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0

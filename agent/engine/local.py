@@ -1,0 +1,424 @@
+"""Local inference with onnxruntime-genai's og.Engine, driven by one owner thread.
+
+og.Engine must be driven by the thread that created it; `engine.run` releases the GIL, so
+the asyncio loop (HTTP, MQTT keep-alives, health) keeps running during prefill and decode.
+The asyncio side prepares a request (template, tokenize, length checks), puts it in a
+bounded queue, and receives Chunks through an asyncio.Queue fed with call_soon_threadsafe.
+
+On the CPU the 0.18 engine batches statically: requests join only when the running batch
+has drained. The owner therefore admits up to `max_batch` queued requests at once, and
+briefly waits for requests that are still being tokenized so concurrent arrivals share a
+batch. Per-turn stop strings and seeds need the dynamic (paged, CUDA) engine, so stop
+strings are matched here (StopMatcher) and `seed` is accepted but not reproducible on CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime_genai as og
+import structlog
+
+from agent.engine.stop import StopMatcher
+from agent.engine.types import (
+    ChatRequest,
+    Chunk,
+    FinishReason,
+    Timings,
+    Usage,
+    context_length_exceeded,
+    model_not_ready,
+    server_busy,
+)
+from agent.models.local import ModelInfo
+
+log = structlog.get_logger(__name__)
+
+_TOKEN = int(og.EngineEventFlags.TOKEN)
+_FINISHED = int(og.EngineEventFlags.TURN_FINISHED)
+_FINISH_REASONS = {
+    og.FinishReason.EOS: FinishReason.STOP,
+    og.FinishReason.STOP_STRING: FinishReason.STOP,
+    og.FinishReason.MAX_GENERATED_TOKENS: FinishReason.LENGTH,
+    og.FinishReason.MAX_SESSION_TOKENS: FinishReason.LENGTH,
+    og.FinishReason.CANCELLED: FinishReason.CANCELLED,
+}
+_BATCH_GATHER_S = 0.05  # longest wait for requests still being tokenized
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_context: int = 4096
+    max_batch: int = 4
+    max_queue: int = 16
+    default_max_tokens: int = 512
+    retry_after_s: int = 2
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request's life in the engine; fields below `out` belong to the owner thread."""
+
+    request: ChatRequest
+    prompt_ids: np.ndarray
+    max_tokens: int
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    cancel_requested: bool = False
+    finished: bool = False
+    og_request: og.Request | None = None
+    turn_id: int = 0
+    cancel_sent: bool = False
+    stream: og.TokenizerStream | None = None
+    stop: StopMatcher | None = None
+    stopped_by_string: bool = False
+    admitted_at: float = 0.0
+    first_token_at: float = 0.0
+    completion_tokens: int = 0
+
+    def post(self, chunk: Chunk) -> None:
+        if chunk.finish_reason is not None:
+            self.finished = True
+        self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
+
+
+class LocalEngine:
+    """Serves ChatRequests from one onnxruntime-genai model on the local hardware."""
+
+    name = "local"
+
+    def __init__(self, info: ModelInfo, limits: EngineLimits, provider: str = "cpu") -> None:
+        self.info = info
+        self.limits = limits
+        self.requested_provider = provider
+        self.provider = "unknown"
+        self.max_length = min(info.context_length, limits.max_context)
+        self.load_time_s = 0.0
+        self.steps = 0  # engine steps run; grows while the owner thread makes progress
+        self.finished: Counter[str] = Counter()  # requests ended, by finish reason
+        self._tokenizer: og.Tokenizer | None = None
+        self._pending: deque[_Job] = deque()
+        self._jobs: dict[str, _Job] = {}
+        self._running = 0
+        self._preparing = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loaded: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._owner_main, args=(loaded,), name="og-engine", daemon=True
+        )
+        self._thread.start()
+        await asyncio.wrap_future(loaded)
+
+    async def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    @property
+    def ready(self) -> bool:
+        return self._tokenizer is not None and not self._stopping
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    # ---- asyncio side ----------------------------------------------------------------
+
+    def render_prompt(self, request: ChatRequest) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        return self._require_tokenizer().apply_chat_template(
+            json.dumps(messages), add_generation_prompt=True
+        )
+
+    def tokenize(self, text: str) -> np.ndarray:
+        return self._require_tokenizer().encode(text)
+
+    async def submit(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Admit the request (refusals raise EngineError here, before any reply starts)
+        and return its stream of Chunks; closing the stream early cancels the generation."""
+        return self._stream(await self._admit(request))
+
+    async def _stream(self, job: _Job) -> AsyncIterator[Chunk]:
+        try:
+            while True:
+                chunk = await job.out.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            if not job.finished:
+                self._cancel_job(job)
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a queued or running request by id; True if it was still in flight."""
+        job = self._jobs.get(request_id)
+        if job is None or job.finished:
+            return False
+        self._cancel_job(job)
+        return True
+
+    async def _admit(self, request: ChatRequest) -> _Job:
+        if not self.ready:
+            raise model_not_ready()
+        with self._cond:
+            self._preparing += 1
+        try:
+            prompt_ids = await asyncio.to_thread(self.tokenize, self.render_prompt(request))
+            job = _Job(
+                request=request,
+                prompt_ids=prompt_ids,
+                max_tokens=self._max_tokens(request, len(prompt_ids)),
+                loop=asyncio.get_running_loop(),
+            )
+            with self._cond:
+                idle_slots = self._batch_slots if self._running == 0 else 0
+                if len(self._pending) >= self.limits.max_queue + idle_slots:
+                    raise server_busy(
+                        f"The local queue is full ({self.limits.max_queue} waiting)",
+                        self.limits.retry_after_s,
+                    )
+                self._pending.append(job)
+                self._jobs[request.request_id] = job
+        finally:
+            with self._cond:
+                self._preparing -= 1
+                self._cond.notify_all()
+        return job
+
+    def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
+        room = self.max_length - prompt_tokens
+        if room < 1:
+            raise context_length_exceeded(
+                f"This model's maximum context length is {self.max_length} tokens. However, "
+                f"your prompt is {prompt_tokens} tokens, leaving no room for a completion."
+            )
+        wanted = request.sampling.max_tokens
+        if wanted is None:
+            return min(self.limits.default_max_tokens, room)
+        if wanted > room:
+            raise context_length_exceeded(
+                f"This model's maximum context length is {self.max_length} tokens. However, "
+                f"you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, "
+                f"{wanted} in the completion). Reduce the prompt or max_tokens.",
+                param="max_tokens",
+            )
+        return wanted
+
+    def _cancel_job(self, job: _Job) -> None:
+        with self._cond:
+            if job in self._pending:
+                self._pending.remove(job)
+                self._finish(job, FinishReason.CANCELLED)
+                return
+            job.cancel_requested = True
+
+    def _require_tokenizer(self) -> og.Tokenizer:
+        if self._tokenizer is None:
+            raise model_not_ready()
+        return self._tokenizer
+
+    # ---- owner thread ----------------------------------------------------------------
+
+    def _owner_main(self, loaded: concurrent.futures.Future[None]) -> None:
+        try:
+            engine, tokenizer = self._load()
+        except Exception as exc:
+            loaded.set_exception(exc)
+            return
+        self._engine, self._owner_tokenizer = engine, tokenizer
+        self._tokenizer = tokenizer
+        loaded.set_result(None)
+        events = engine.create_event_buffer(256)
+        active: list[_Job] = []
+        while True:
+            if not active:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                active = [job for job in batch if self._begin(job)]
+                self._running = len(active)
+                continue
+            for job in active:
+                if job.cancel_requested and not job.cancel_sent and job.og_request is not None:
+                    job.og_request.cancel_turn(job.turn_id)
+                    job.cancel_sent = True
+            for event in engine.run(events):
+                job = next((j for j in active if j.og_request is event.request), None)
+                if job is not None and self._on_event(job, event):
+                    active.remove(job)
+            self.steps += 1
+            self._running = len(active)
+        for job in active:
+            self._finish(job, FinishReason.CANCELLED)
+            if job.og_request is not None:
+                job.og_request.close()
+        self._tokenizer = None
+        del self._engine
+
+    def _load(self) -> tuple[og.Engine, og.Tokenizer]:
+        started = time.perf_counter()
+        config = og.Config(str(self.info.path))
+        config.overlay(json.dumps({"search": {"max_length": self.max_length}}))
+        if self.requested_provider == "cpu":
+            config.clear_providers()
+        model = og.Model(config)
+        engine = og.Engine(model)
+        tokenizer = og.Tokenizer(model)
+        self._probe(engine)
+        capacity = engine.get_capabilities().configured_max_batch_size
+        self._batch_slots = max(1, min(self.limits.max_batch, capacity or self.limits.max_batch))
+        self.provider = self.requested_provider
+        self._model = model
+        self.load_time_s = time.perf_counter() - started
+        return engine, tokenizer
+
+    def _probe(self, engine: og.Engine) -> None:
+        """Run one token through the engine so a model it cannot serve fails at load."""
+        request = engine.create_request()
+        options = og.TurnOptions(request)
+        options.set_max_generated_tokens(1)
+        options.set_do_sample(False)
+        request.begin_turn(np.array(self.info.eos_token_ids[:1] or [0], dtype=np.int32), options)
+        buffer = engine.create_event_buffer(8)
+        error = None
+        while engine.has_pending_requests():
+            for event in engine.run(buffer):
+                if int(event.flags) & _FINISHED and event.finish_reason == og.FinishReason.FAILED:
+                    error = event.error_code.name
+        request.close()
+        if error is not None:
+            raise RuntimeError(
+                f"og.Engine cannot run {self.info.path} ({error}); onnxruntime-genai 0.18's "
+                "static CPU engine fails on models built with prune_lm_head=true"
+            )
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            deadline = time.perf_counter() + _BATCH_GATHER_S
+            while (
+                self._preparing > 0
+                and len(self._pending) < self._batch_slots
+                and (remaining := deadline - time.perf_counter()) > 0
+            ):
+                self._cond.wait(remaining)
+            return [
+                self._pending.popleft() for _ in range(min(self._batch_slots, len(self._pending)))
+            ]
+
+    def _begin(self, job: _Job) -> bool:
+        job.admitted_at = time.perf_counter()
+        try:
+            options = og.RequestOptions()
+            options.set_max_session_tokens(len(job.prompt_ids) + job.max_tokens)
+            job.og_request = self._engine.create_request(options=options)
+            job.turn_id = job.og_request.begin_turn(job.prompt_ids, self._turn_options(job))
+        except Exception as exc:  # a bad sampling value must not take the engine down
+            self._finish(job, FinishReason.ERROR, error=str(exc))
+            if job.og_request is not None:
+                job.og_request.close()
+            return False
+        job.stream = self._owner_tokenizer.create_stream()
+        job.stop = StopMatcher(job.request.sampling.stop)
+        return True
+
+    def _turn_options(self, job: _Job) -> og.TurnOptions:
+        sampling, defaults = job.request.sampling, self.info.search
+        options = og.TurnOptions(job.og_request)
+        options.set_max_generated_tokens(job.max_tokens)
+        temperature = sampling.temperature
+        do_sample = defaults.do_sample if temperature is None else temperature > 0
+        options.set_do_sample(do_sample)
+        if do_sample:
+            options.set_temperature(defaults.temperature if temperature is None else temperature)
+            options.set_top_p(sampling.top_p if sampling.top_p is not None else defaults.top_p)
+            options.set_top_k(sampling.top_k if sampling.top_k is not None else defaults.top_k)
+        if sampling.repetition_penalty is not None:
+            options.set_repetition_penalty(sampling.repetition_penalty)
+        return options
+
+    def _on_event(self, job: _Job, event: og.EngineEvent) -> bool:
+        """Handle one engine event; True when the job's turn is over."""
+        flags = int(event.flags)
+        if flags & _TOKEN and not job.finished:
+            self._on_token(job, int(event.token))
+        if not flags & _FINISHED:
+            return False
+        if not job.finished:
+            if event.finish_reason == og.FinishReason.FAILED:
+                self._finish(job, FinishReason.ERROR, error=event.error_code.name)
+            else:
+                reason = _FINISH_REASONS.get(event.finish_reason, FinishReason.STOP)
+                self._finish(job, reason, tail=job.stop.flush() if job.stop else "")
+        job.og_request.close()
+        return True
+
+    def _on_token(self, job: _Job, token: int) -> None:
+        now = time.perf_counter()
+        if job.completion_tokens == 0:
+            job.first_token_at = now
+        job.completion_tokens += 1
+        text = "" if token in self.info.eos_token_ids else job.stream.decode(token)
+        emit, stopped = job.stop.feed(text)
+        if stopped:
+            job.post(Chunk(text=emit, token_ids=(token,)))
+            self._finish(job, FinishReason.STOP)
+            job.og_request.cancel_turn(job.turn_id)
+            job.cancel_sent = True
+            return
+        job.post(Chunk(text=emit, token_ids=(token,)))
+
+    def _finish(
+        self, job: _Job, reason: FinishReason, *, tail: str = "", error: str | None = None
+    ) -> None:
+        end = time.perf_counter()
+        start = job.admitted_at or end
+        first = job.first_token_at or end
+        decode_s = end - first
+        job.post(
+            Chunk(
+                text=tail,
+                finish_reason=reason,
+                error=error,
+                usage=Usage(len(job.prompt_ids), job.completion_tokens),
+                timings=Timings(
+                    queue_s=start - job.enqueued_at,
+                    prompt_s=first - start,
+                    decode_s=decode_s,
+                    total_s=end - job.enqueued_at,
+                    time_to_first_token_s=first - job.enqueued_at,
+                    decode_tokens_per_s=(job.completion_tokens - 1) / decode_s
+                    if job.completion_tokens > 1 and decode_s > 0
+                    else 0.0,
+                ),
+            )
+        )
+        with self._cond:
+            self.finished[reason.value] += 1
+            self._jobs.pop(job.request.request_id, None)

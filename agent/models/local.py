@@ -1,0 +1,105 @@
+"""Resolve a model directory into the variant folder to load and the facts the daemon needs.
+
+A model directory is either one onnxruntime-genai folder (`genai_config.json`) or a folder
+with `manifest.toml` listing variants per provider (the bundled model and pulled models).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ModelDirError(ValueError):
+    """The model directory cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class SearchDefaults:
+    """Sampling defaults the model author wrote into genai_config.json's `search`."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: Path
+    variant: str
+    provider: str
+    precision: str
+    context_length: int
+    eos_token_ids: tuple[int, ...]
+    search: SearchDefaults
+    aliases: tuple[str, ...] = ()
+    kv_bytes_per_token: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_model(directory: Path, variant: str | None = None) -> ModelInfo:
+    manifest_path = directory / "manifest.toml"
+    if manifest_path.is_file():
+        manifest = tomllib.loads(manifest_path.read_text())
+        chosen = _pick_variant(manifest.get("variants", []), variant, manifest_path)
+        return _read_genai_folder(
+            directory / chosen["path"],
+            name=manifest.get("name", directory.name),
+            variant=chosen["name"],
+            provider=chosen.get("provider", "cpu"),
+            precision=chosen.get("precision", "unknown"),
+            aliases=tuple(manifest.get("aliases", ())),
+            manifest=manifest,
+        )
+    if variant is not None:
+        raise ModelDirError(f"{directory} has no manifest.toml, so no variant {variant!r}")
+    return _read_genai_folder(
+        directory, name=directory.name, variant="default", provider="cpu", precision="unknown"
+    )
+
+
+def _pick_variant(variants: list[dict[str, Any]], wanted: str | None, where: Path) -> dict:
+    if not variants:
+        raise ModelDirError(f"{where} lists no variants")
+    if wanted is None:
+        cpu = [v for v in variants if v.get("provider", "cpu") == "cpu"]
+        return (cpu or variants)[0]
+    for entry in variants:
+        if entry["name"] == wanted:
+            return entry
+    names = ", ".join(v["name"] for v in variants)
+    raise ModelDirError(f"variant {wanted!r} not in {where} (have: {names})")
+
+
+def _read_genai_folder(path: Path, **facts: Any) -> ModelInfo:
+    config_path = path / "genai_config.json"
+    if not config_path.is_file():
+        raise ModelDirError(f"{path} has no genai_config.json")
+    config = json.loads(config_path.read_text())
+    model = config["model"]
+    decoder = model["decoder"]
+    eos = model.get("eos_token_id", [])
+    search = config.get("search", {})
+    kv_heads = decoder.get("num_key_value_heads", decoder.get("num_attention_heads", 0))
+    # fp32 KV on CPU: 2 (K and V) x layers x kv_heads x head_size x 4 bytes per token.
+    kv_bytes = 2 * decoder.get("num_hidden_layers", 0) * kv_heads * decoder.get("head_size", 0) * 4
+    return ModelInfo(
+        path=path,
+        context_length=int(model.get("context_length", search.get("max_length", 2048))),
+        eos_token_ids=tuple(eos if isinstance(eos, list) else [eos]),
+        search=SearchDefaults(
+            do_sample=bool(search.get("do_sample", False)),
+            temperature=float(search.get("temperature", 1.0)),
+            top_p=float(search.get("top_p", 1.0)),
+            top_k=int(search.get("top_k", 50)),
+            repetition_penalty=float(search.get("repetition_penalty", 1.0)),
+        ),
+        kv_bytes_per_token=kv_bytes,
+        **facts,
+    )

@@ -1,0 +1,145 @@
+"""Wiring: build the components from Settings, start them in order, stop them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+
+import structlog
+import uvicorn
+
+from agent import __version__
+from agent.api.app import create_app
+from agent.engine.local import EngineLimits, LocalEngine
+from agent.models.local import ModelInfo, resolve_model
+from agent.models.profiles import ModelNames
+from agent.routing.router import Router
+from agent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class Service:
+    """The daemon's parts and their lifecycle; the HTTP app reads its state from here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.info: ModelInfo = resolve_model(settings.model, settings.model_variant)
+        self.names = ModelNames(self.info, settings.profiles)
+        self.engine = LocalEngine(
+            self.info,
+            EngineLimits(
+                max_context=settings.max_context,
+                max_batch=settings.max_batch,
+                max_queue=settings.max_queue,
+                default_max_tokens=settings.default_max_tokens,
+                retry_after_s=settings.retry_after_s,
+            ),
+            provider="cpu",
+        )
+        self.router = Router(self.engine, self.names)
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.ready and not self.draining
+
+    async def start(self) -> None:
+        await self.engine.start()
+        log.info(
+            "model loaded",
+            model=self.info.name,
+            variant=self.info.variant,
+            provider=self.engine.provider,
+            max_length=self.engine.max_length,
+            load_time_s=round(self.engine.load_time_s, 3),
+        )
+
+    async def stop(self) -> None:
+        self.draining = True
+        await self.engine.stop()
+
+    def status(self) -> dict:
+        engine = self.engine
+        return {
+            "version": __version__,
+            "device_id": self.settings.device_id,
+            "state": "ready" if self.ready else ("draining" if self.draining else "loading"),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "model": {
+                "name": self.info.name,
+                "variant": self.info.variant,
+                "precision": self.info.precision,
+                "path": str(self.info.path),
+                "context_length": self.info.context_length,
+                "max_length": engine.max_length,
+                "kv_cache_bytes_per_token": self.info.kv_bytes_per_token,
+                "load_time_s": round(engine.load_time_s, 3),
+                "names": self.names.listed(),
+            },
+            "provider": engine.provider,
+            "queue": {
+                "depth": engine.queue_depth,
+                "running": engine.running,
+                "max_queue": engine.limits.max_queue,
+                "max_batch": engine.limits.max_batch,
+            },
+            "engine_steps": engine.steps,
+            "finished": dict(engine.finished),
+            "routing": {"default_route": "prefer_local", "backends": ["local"]},
+        }
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run` owns SIGTERM/SIGINT (clean exit 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM: bind HTTP first (so /health and /ready answer while the
+    model loads), load the model, log one ready line. Returns the process exit code."""
+    service = Service(settings)
+    server = _Server(
+        uvicorn.Config(
+            create_app(service),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            return 1  # uvicorn already logged why (port in use, bad address)
+        await asyncio.sleep(0.01)
+    try:
+        await service.start()
+    except Exception as exc:
+        log.error("model load failed", model=str(settings.model), error=str(exc))
+        server.should_exit = True
+        await serving
+        return 1
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    log.info(
+        "ready",
+        url=f"http://{host}:{port}",
+        model=service.info.name,
+        variant=service.info.variant,
+        provider=service.engine.provider,
+    )
+    await serving
+    await service.stop()
+    log.info("stopped")
+    return 0

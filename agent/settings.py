@@ -1,0 +1,144 @@
+"""Settings: defaults < TOML file (--config) < env EDGE_AGENT_* < CLI flags.
+
+Configuration is read once at start-up; a bad value stops the daemon with exit code 2 and
+one line per problem naming the setting, the value and what is allowed (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = REPO_ROOT / "models" / "tiny"
+
+Provider = Literal["auto", "cpu", "cuda", "dml", "openvino", "qnn", "webgpu"]
+
+
+class Profile(BaseModel):
+    """A named alias over the model: system prompt plus default sampling (an Ollama Modelfile)."""
+
+    model_config = {"extra": "forbid"}
+
+    description: str = ""
+    system: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    stop: list[str] = Field(default_factory=list)
+
+
+DEFAULT_PROFILES: dict[str, Profile] = {
+    "reasoning": Profile(
+        description="Step-by-step reasoning (like phi4-mini-reasoning)",
+        system="You are a careful assistant. Think step by step, then give the answer.",
+        temperature=0.3,
+        top_p=0.8,
+    ),
+    "math": Profile(
+        description="Arithmetic and word problems, low temperature",
+        system="You solve math problems. Show the working briefly, then the final answer.",
+        temperature=0.1,
+        top_p=0.9,
+    ),
+    "coding": Profile(
+        description="Code generation and review (like phi4-mini-coder)",
+        system="You are an expert programmer. Answer with correct, idiomatic code.",
+        temperature=0.5,
+        top_p=0.9,
+    ),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGE_AGENT_", extra="forbid")
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    # Model and engine
+    model: Path = BUNDLED_MODEL
+    model_variant: str | None = None
+    provider: Provider = "auto"
+    max_context: int = Field(4096, ge=16, description="cap on prompt + completion tokens")
+    max_batch: int = Field(4, ge=1, le=64)
+    max_queue: int = Field(16, ge=0)
+    default_max_tokens: int = Field(512, ge=1)
+    retry_after_s: int = Field(2, ge=1)
+    profiles: dict[str, Profile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    # MQTT (the bridge arrives with the MQTT issue; accepted now so configs stay valid)
+    mqtt_url: str | None = None
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    # Logging
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_prompts: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _model_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError("must be an existing model directory")
+        if not ((value / "genai_config.json").is_file() or (value / "manifest.toml").is_file()):
+            raise ValueError("must contain genai_config.json or manifest.toml")
+        return value.resolve()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags (init kwargs), then env, then the TOML file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+class SettingsError(Exception):
+    """Start-up configuration is invalid; `lines` has one readable line per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from every source; CLI `overrides` that are None are ignored."""
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError([f"invalid setting config={config_file}: file not found"])
+    flags = {key: value for key, value in overrides.items() if value is not None}
+
+    class _Settings(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    try:
+        return _Settings(**flags)
+    except ValidationError as exc:
+        raise SettingsError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    value = error.get("input")
+    shown = "<missing>" if value is None else value
+    return f"invalid setting {name}={shown!s}: {error['msg']}"
