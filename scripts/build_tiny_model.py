@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SEED = 20261130
 VOCAB_SIZE = 640
-CONTEXT_LENGTH = 2048
+CONTEXT_LENGTH = 16384
 MAX_NEW_TOKENS = 24
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

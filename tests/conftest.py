@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,13 +111,10 @@ def reference() -> dict:
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Poll a daemon-side condition (status endpoint) until it holds."""
-    event = threading.Event()
-    deadline = timeout_s
-    step = 0.02
-    while deadline > 0:
-        if condition():
-            return
-        event.wait(step)
-        deadline -= step
-    raise AssertionError("condition not reached in time")
+    """Poll a daemon-side condition (its status endpoint) until it holds."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        pause.wait(0.02)

@@ -120,37 +120,37 @@ def test_reply_names_its_backend(daemon: Daemon) -> None:
             400,
             "invalid_request",
             "messages.0.role",
-        ),  # noqa: E501
+        ),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1},
             400,
             "invalid_request",
             "max_tokens",
-        ),  # noqa: E501
+        ),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
             400,
             "invalid_request",
             "temperature",
-        ),  # noqa: E501
+        ),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2},
             400,
             "invalid_request",
             "n",
-        ),  # noqa: E501
+        ),
         (
             {"model": "gpt-5", "messages": [{"role": "user", "content": "x"}]},
             404,
             "model_not_found",
             "model",
-        ),  # noqa: E501
+        ),
         (
             {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000},
             400,
             "context_length_exceeded",
             "max_tokens",
-        ),  # noqa: E501
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(daemon: Daemon, body, status, code, param) -> None:

@@ -1,0 +1,74 @@
+"""Settings precedence and start-up refusal of bad values (exit code 2, one line each)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.settings import SettingsError, load_settings
+from tests.conftest import REPO
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "edge-agent.toml"
+    config.write_text('http_port = 9001\nmax_queue = 3\ndevice_id = "from-file"\n')
+    assert load_settings().http_port == 8080
+    from_file = load_settings(config)
+    assert (from_file.http_port, from_file.max_queue, from_file.device_id) == (9001, 3, "from-file")
+    monkeypatch.setenv("EDGE_AGENT_HTTP_PORT", "9002")
+    monkeypatch.setenv("EDGE_AGENT_MAX_QUEUE", "4")
+    from_env = load_settings(config)
+    assert (from_env.http_port, from_env.max_queue, from_env.device_id) == (9002, 4, "from-file")
+    from_flags = load_settings(config, http_port=9003, max_queue=None)
+    assert (from_flags.http_port, from_flags.max_queue) == (9003, 4)
+
+
+def test_profiles_come_with_defaults_and_can_be_replaced(monkeypatch) -> None:
+    assert {"reasoning", "math", "coding"} <= set(load_settings().profiles)
+    monkeypatch.setenv(
+        "EDGE_AGENT_PROFILES", '{"terse": {"system": "Be terse.", "temperature": 0}}'
+    )
+    assert set(load_settings().profiles) == {"terse"}
+
+
+def test_secure_defaults() -> None:
+    settings = load_settings()
+    assert settings.http_host == "127.0.0.1"
+    assert settings.log_prompts is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "names"),
+    [
+        (["--http-port", "70000"], ["http_port=70000", "65535"]),
+        (["--provider", "tpu"], ["provider=tpu", "'cpu'"]),
+        (
+            ["--model", "/nonexistent/model"],
+            ["model=/nonexistent/model", "existing model directory"],
+        ),
+        (["--mqtt-url", "http://broker"], ["mqtt_url=http://broker", "mqtt://"]),
+        (["--model-variant", "gpu-fp16"], ["model", "gpu-fp16", "cpu-int4"]),
+    ],
+)
+def test_invalid_values_stop_start_up_with_exit_2(flags: list[str], names: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "serve", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    for name in names:
+        assert name in lines[0]
+
+
+def test_missing_config_file_is_named() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(Path("/nonexistent.toml"))
+    assert "config=/nonexistent.toml" in raised.value.lines[0]
