@@ -38,6 +38,7 @@ class Service:
                 max_queue=settings.max_queue,
                 default_max_tokens=settings.default_max_tokens,
                 retry_after_s=settings.retry_after_s,
+                batch_window_s=settings.batch_window_ms / 1000,
             ),
             provider="cpu",
         )

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_context: int = Field(4096, ge=16, description="cap on prompt + completion tokens")
     max_batch: int = Field(4, ge=1, le=64)
     max_queue: int = Field(16, ge=0)
+    batch_window_ms: float = Field(
+        10.0, ge=0.0, le=1000.0, description="gather concurrent arrivals"
+    )
     default_max_tokens: int = Field(512, ge=1)
     retry_after_s: int = Field(2, ge=1)
     profiles: dict[str, Profile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))

@@ -6,10 +6,11 @@ The asyncio side prepares a request (template, tokenize, length checks), puts it
 bounded queue, and receives Chunks through an asyncio.Queue fed with call_soon_threadsafe.
 
 On the CPU the 0.18 engine batches statically: requests join only when the running batch
-has drained. The owner therefore admits up to `max_batch` queued requests at once, and
-briefly waits for requests that are still being tokenized so concurrent arrivals share a
-batch. Per-turn stop strings and seeds need the dynamic (paged, CUDA) engine, so stop
-strings are matched here (StopMatcher) and `seed` is accepted but not reproducible on CPU.
+has drained. The owner therefore admits up to `max_batch` queued requests at once, after
+a short batch window (and a little longer while requests are still being tokenized) so
+that requests arriving together share a batch. Per-turn stop strings and seeds need the
+dynamic (paged, CUDA) engine, so stop strings are matched here (StopMatcher) and `seed` is
+accepted but not reproducible on CPU.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _FINISH_REASONS = {
     og.FinishReason.MAX_SESSION_TOKENS: FinishReason.LENGTH,
     og.FinishReason.CANCELLED: FinishReason.CANCELLED,
 }
-_BATCH_GATHER_S = 0.05  # longest wait for requests still being tokenized
+_BATCH_GATHER_S = 0.05  # longest wait for requests that are still being tokenized
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class EngineLimits:
     max_queue: int = 16
     default_max_tokens: int = 512
     retry_after_s: int = 2
+    batch_window_s: float = 0.01
 
 
 @dataclass(eq=False)
@@ -259,6 +261,7 @@ class LocalEngine:
                 if batch is None:
                     break
                 active = [job for job in batch if self._begin(job)]
+                log.debug("batch started", size=len(active))
                 self._running = len(active)
                 continue
             for job in active:
@@ -281,7 +284,14 @@ class LocalEngine:
     def _load(self) -> tuple[og.Engine, og.Tokenizer]:
         started = time.perf_counter()
         config = og.Config(str(self.info.path))
-        config.overlay(json.dumps({"search": {"max_length": self.max_length}}))
+        config.overlay(
+            json.dumps(
+                {
+                    "search": {"max_length": self.max_length},
+                    "engine": {"static_batching": {"max_batch_size": self.limits.max_batch}},
+                }
+            )
+        )
         if self.requested_provider == "cpu":
             config.clear_providers()
         model = og.Model(config)
@@ -321,13 +331,16 @@ class LocalEngine:
                 self._cond.wait()
             if self._stopping:
                 return None
-            deadline = time.perf_counter() + _BATCH_GATHER_S
-            while (
-                self._preparing > 0
-                and len(self._pending) < self._batch_slots
-                and (remaining := deadline - time.perf_counter()) > 0
-            ):
-                self._cond.wait(remaining)
+            # The CPU engine batches statically: gather what arrives together before starting.
+            start = time.perf_counter()
+            window_end = start + self.limits.batch_window_s
+            gather_end = start + _BATCH_GATHER_S
+            while len(self._pending) < self._batch_slots and not self._stopping:
+                now = time.perf_counter()
+                end = gather_end if self._preparing > 0 else window_end
+                if now >= end:
+                    break
+                self._cond.wait(end - now)
             return [
                 self._pending.popleft() for _ in range(min(self._batch_slots, len(self._pending)))
             ]
