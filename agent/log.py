@@ -43,3 +43,7 @@ def configure(level: str = "info", fmt: str = "auto", log_prompts: bool = False)
 def prompt_fields(**fields: Any) -> dict[str, Any]:
     """Prompt/completion text to attach to a log event: empty unless `log_prompts` is on."""
     return fields if _log_prompts else {}
+
+
+def prompts_logged() -> bool:
+    return _log_prompts

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.settings import SettingsError, load_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for
 
 
 def test_precedence_defaults_file_env_flags(tmp_path: Path, monkeypatch) -> None:
@@ -72,3 +74,15 @@ def test_missing_config_file_is_named() -> None:
     with pytest.raises(SettingsError) as raised:
         load_settings(Path("/nonexistent.toml"))
     assert "config=/nonexistent.toml" in raised.value.lines[0]
+
+
+def test_prompts_are_logged_only_when_configured(daemon_factory) -> None:
+    secret = "the door code is 4711"
+    for flags, logged in (((), False), (("--log-prompts",), True)):
+        instance = daemon_factory(*flags)
+        body = {"model": "tiny", "messages": [{"role": "user", "content": secret}], "max_tokens": 3}
+        assert httpx.post(f"{instance.url}/v1/chat/completions", json=body).status_code == 200
+        wait_for(lambda i=instance: any(e["event"] == "request finished" for e in i.logs))
+        finished = next(e for e in instance.logs if e["event"] == "request finished")
+        assert finished["completion_tokens"] == 3
+        assert (secret in json.dumps(instance.logs)) is logged
