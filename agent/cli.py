@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int)
     serve.add_argument("--model", type=Path, help="model directory")
     serve.add_argument("--model-variant")
-    serve.add_argument("--provider")
+    serve.add_argument("--provider", help="auto, or one of cpu cuda dml openvino qnn webgpu")
+    serve.add_argument("--provider-fallback", action="store_true", default=None)
+    serve.add_argument("--threads", type=int, dest="intra_op_num_threads")
     serve.add_argument("--max-context", type=int)
     serve.add_argument("--max-batch", type=int)
     serve.add_argument("--max-queue", type=int)
@@ -47,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--temperature", type=float, default=None)
 
+    detect = commands.add_parser("detect", help="show the hardware and the ranked providers")
+    detect.add_argument("--json", action="store_true", help="machine-readable output")
+    detect.add_argument("--root", type=Path, default=Path("/"), help="read a recorded tree")
+    detect.add_argument("--model", type=Path, help="model directory (default: bundled)")
+
     status = commands.add_parser("status", help="show a running daemon's status")
     status.add_argument("--url", default=url)
     return parser
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_serve(args))
     if args.command == "chat":
         sys.exit(_chat(args))
+    if args.command == "detect":
+        sys.exit(_detect(args))
     sys.exit(_status(args))
 
 
@@ -70,6 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
             "model",
             "model_variant",
             "provider",
+            "provider_fallback",
+            "intra_op_num_threads",
             "max_context",
             "max_batch",
             "max_queue",
@@ -131,4 +142,12 @@ def _status(args: argparse.Namespace) -> int:
         print(f"edge-agent: no daemon at {args.url}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from agent.hardware.detect_report import report
+
+    model = args.model or load_settings().model
+    print(report(args.root, model, as_json=args.json))
     return 0

@@ -14,7 +14,10 @@ import uvicorn
 from agent import __version__
 from agent.api.app import create_app
 from agent.engine.local import EngineLimits, LocalEngine
-from agent.models.local import ModelInfo, resolve_model
+from agent.hardware.profile import HardwareProfile, detect
+from agent.hardware.providers import Installed
+from agent.hardware.select import select
+from agent.models.local import ModelInfo
 from agent.models.profiles import ModelNames
 from agent.routing.router import Router
 from agent.settings import Settings
@@ -28,10 +31,18 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = time.time()
-        self.info: ModelInfo = resolve_model(settings.model, settings.model_variant)
-        self.names = ModelNames(self.info, settings.profiles)
+        self.hardware: HardwareProfile = detect()
+        self.selection = select(
+            settings.model,
+            settings.model_variant,
+            settings.provider,
+            settings.provider_fallback,
+            settings.provider_options,
+            self.hardware,
+            Installed.probe(),
+        )
         self.engine = LocalEngine(
-            self.info,
+            self.selection.plans,
             EngineLimits(
                 max_context=settings.max_context,
                 max_batch=settings.max_batch,
@@ -40,10 +51,16 @@ class Service:
                 retry_after_s=settings.retry_after_s,
                 batch_window_s=settings.batch_window_ms / 1000,
             ),
-            provider="cpu",
+            threads=settings.intra_op_num_threads or self.hardware.usable_cores,
         )
+        self.names = ModelNames(self.info, settings.profiles)
         self.router = Router(self.engine, self.names)
         self.draining = False
+
+    @property
+    def info(self) -> ModelInfo:
+        """The loaded variant (before loading: the first candidate's)."""
+        return self.engine.info
 
     @property
     def ready(self) -> bool:
@@ -83,6 +100,9 @@ class Service:
                 "names": self.names.listed(),
             },
             "provider": engine.provider,
+            "provider_attempts": engine.load_attempts,
+            "threads": engine.threads,
+            "hardware": self.hardware.to_dict(),
             "queue": {
                 "depth": engine.queue_depth,
                 "running": engine.running,

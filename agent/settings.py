@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     model: Path = BUNDLED_MODEL
     model_variant: str | None = None
     provider: Provider = "auto"
+    provider_fallback: bool = Field(False, description="fall back to CPU if `provider` fails")
+    provider_options: dict[str, dict[str, str]] = Field(default_factory=dict)
+    intra_op_num_threads: int | None = Field(None, ge=1, description="default: usable cores")
     max_context: int = Field(4096, ge=16, description="cap on prompt + completion tokens")
     max_batch: int = Field(4, ge=1, le=64)
     max_queue: int = Field(16, ge=0)

@@ -35,7 +35,12 @@ class Daemon:
 
 
 def start_daemon(*flags: str, env: dict[str, str] | None = None) -> Daemon:
-    """Start `edge-agent serve` on port 0 and wait for its one "ready" log line."""
+    """Start `edge-agent serve` on port 0 and wait for its one "ready" log line.
+
+    The CPU provider unless the flags say otherwise: exact-token checks need it, and
+    `auto` would pick OpenVINO where its plugin is installed (tested on its own)."""
+    if "--provider" not in flags:
+        flags = ("--provider", "cpu", *flags)
     process = subprocess.Popen(
         [
             sys.executable,

@@ -7,14 +7,15 @@ import asyncio
 
 import openai
 
-from agent.engine.local import EngineLimits, LocalEngine
+from agent.engine.local import EngineLimits, LoadPlan, LocalEngine
 from agent.engine.types import ChatRequest, Message, SamplingParams
 from agent.models.local import resolve_model
 from tests.conftest import TINY, Daemon
 
 
 def _engine_outputs(reference: dict) -> list[tuple[list[int], str, list[int]]]:
-    engine = LocalEngine(resolve_model(TINY, reference["variant"]), EngineLimits())
+    plan = LoadPlan("cpu", None, {}, resolve_model(TINY, reference["variant"]))
+    engine = LocalEngine([plan], EngineLimits())
 
     async def run_case(case: dict) -> tuple[list[int], str, list[int]]:
         request = ChatRequest(

@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +53,17 @@ _FINISH_REASONS = {
     og.FinishReason.CANCELLED: FinishReason.CANCELLED,
 }
 _BATCH_GATHER_S = 0.05  # longest wait for requests that are still being tokenized
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """One way to load the model: a provider (og name + options) and the variant it runs."""
+
+    label: str
+    og_provider: str | None  # None: onnxruntime's default CPU execution provider
+    options: dict[str, str]
+    info: ModelInfo
+    prepare: Callable[[], None] = lambda: None  # e.g. register a plugin EP library
 
 
 @dataclass(frozen=True)
@@ -98,12 +109,18 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, info: ModelInfo, limits: EngineLimits, provider: str = "cpu") -> None:
-        self.info = info
+    def __init__(
+        self, plans: list[LoadPlan], limits: EngineLimits, threads: int | None = None
+    ) -> None:
+        if not plans:
+            raise ValueError("no provider to load the model with")
+        self.plans = plans
+        self.info = plans[0].info
         self.limits = limits
-        self.requested_provider = provider
-        self.provider = "unknown"
-        self.max_length = min(info.context_length, limits.max_context)
+        self.threads = threads
+        self.provider = "none"
+        self.load_attempts: list[dict[str, str]] = []
+        self.max_length = min(self.info.context_length, limits.max_context)
         self.load_time_s = 0.0
         self.steps = 0  # engine steps run; grows while the owner thread makes progress
         self.finished: Counter[str] = Counter()  # requests ended, by finish reason
@@ -282,36 +299,57 @@ class LocalEngine:
         del self._engine
 
     def _load(self) -> tuple[og.Engine, og.Tokenizer]:
+        """Try each plan in order (NPU > GPU > CPU); the first that serves a token wins."""
         started = time.perf_counter()
-        config = og.Config(str(self.info.path))
+        for plan in self.plans:
+            try:
+                engine, tokenizer = self._load_plan(plan)
+            except Exception as exc:
+                log.warning("provider failed to load", provider=plan.label, error=str(exc))
+                self.load_attempts.append({"provider": plan.label, "error": str(exc)})
+                continue
+            self.load_attempts.append({"provider": plan.label, "error": ""})
+            self.info, self.provider = plan.info, plan.label
+            self.max_length = min(plan.info.context_length, self.limits.max_context)
+            self.load_time_s = time.perf_counter() - started
+            return engine, tokenizer
+        tried = "; ".join(f"{a['provider']}: {a['error']}" for a in self.load_attempts)
+        raise RuntimeError(f"no provider could load the model ({tried})")
+
+    def _load_plan(self, plan: LoadPlan) -> tuple[og.Engine, og.Tokenizer]:
+        plan.prepare()
+        max_length = min(plan.info.context_length, self.limits.max_context)
+        session = {"intra_op_num_threads": self.threads} if self.threads else {}
+        config = og.Config(str(plan.info.path))
         config.overlay(
             json.dumps(
                 {
-                    "search": {"max_length": self.max_length},
+                    "model": {"decoder": {"session_options": session}},
+                    "search": {"max_length": max_length},
                     "engine": {"static_batching": {"max_batch_size": self.limits.max_batch}},
                 }
             )
         )
-        if self.requested_provider == "cpu":
-            config.clear_providers()
+        config.clear_providers()
+        if plan.og_provider is not None:
+            config.append_provider(plan.og_provider)
+            for key, value in plan.options.items():
+                config.set_provider_option(plan.og_provider, key, value)
         model = og.Model(config)
         engine = og.Engine(model)
-        tokenizer = og.Tokenizer(model)
-        self._probe(engine)
+        self._probe(engine, plan.info)
         capacity = engine.get_capabilities().configured_max_batch_size
         self._batch_slots = max(1, min(self.limits.max_batch, capacity or self.limits.max_batch))
-        self.provider = self.requested_provider
         self._model = model
-        self.load_time_s = time.perf_counter() - started
-        return engine, tokenizer
+        return engine, og.Tokenizer(model)
 
-    def _probe(self, engine: og.Engine) -> None:
+    def _probe(self, engine: og.Engine, info: ModelInfo) -> None:
         """Run one token through the engine so a model it cannot serve fails at load."""
         request = engine.create_request()
         options = og.TurnOptions(request)
         options.set_max_generated_tokens(1)
         options.set_do_sample(False)
-        request.begin_turn(np.array(self.info.eos_token_ids[:1] or [0], dtype=np.int32), options)
+        request.begin_turn(np.array(info.eos_token_ids[:1] or [0], dtype=np.int32), options)
         buffer = engine.create_event_buffer(8)
         error = None
         while engine.has_pending_requests():
@@ -321,7 +359,7 @@ class LocalEngine:
         request.close()
         if error is not None:
             raise RuntimeError(
-                f"og.Engine cannot run {self.info.path} ({error}); onnxruntime-genai 0.18's "
+                f"og.Engine cannot run {info.path} ({error}); onnxruntime-genai 0.18's "
                 "static CPU engine fails on models built with prune_lm_head=true"
             )
 

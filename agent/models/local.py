@@ -43,11 +43,26 @@ class ModelInfo:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_model(directory: Path, variant: str | None = None) -> ModelInfo:
+def variant_providers(directory: Path) -> dict[str, str]:
+    """Provider -> variant name for each variant the model directory offers."""
+    manifest_path = directory / "manifest.toml"
+    if manifest_path.is_file():
+        variants = tomllib.loads(manifest_path.read_text()).get("variants", [])
+        found: dict[str, str] = {}
+        for entry in variants:
+            found.setdefault(entry.get("provider", "cpu"), entry["name"])
+        return found
+    return {_folder_provider(directory): "default"}
+
+
+def resolve_model(
+    directory: Path, variant: str | None = None, provider: str | None = None
+) -> ModelInfo:
+    """The variant named `variant`, else the first built for `provider`, else the first CPU one."""
     manifest_path = directory / "manifest.toml"
     if manifest_path.is_file():
         manifest = tomllib.loads(manifest_path.read_text())
-        chosen = _pick_variant(manifest.get("variants", []), variant, manifest_path)
+        chosen = _pick_variant(manifest.get("variants", []), variant, provider, manifest_path)
         return _read_genai_folder(
             directory / chosen["path"],
             name=manifest.get("name", directory.name),
@@ -60,21 +75,40 @@ def resolve_model(directory: Path, variant: str | None = None) -> ModelInfo:
     if variant is not None:
         raise ModelDirError(f"{directory} has no manifest.toml, so no variant {variant!r}")
     return _read_genai_folder(
-        directory, name=directory.name, variant="default", provider="cpu", precision="unknown"
+        directory,
+        name=directory.name,
+        variant="default",
+        provider=_folder_provider(directory),
+        precision="unknown",
     )
 
 
-def _pick_variant(variants: list[dict[str, Any]], wanted: str | None, where: Path) -> dict:
+def _pick_variant(
+    variants: list[dict[str, Any]], wanted: str | None, provider: str | None, where: Path
+) -> dict:
     if not variants:
         raise ModelDirError(f"{where} lists no variants")
-    if wanted is None:
-        cpu = [v for v in variants if v.get("provider", "cpu") == "cpu"]
-        return (cpu or variants)[0]
-    for entry in variants:
-        if entry["name"] == wanted:
-            return entry
-    names = ", ".join(v["name"] for v in variants)
-    raise ModelDirError(f"variant {wanted!r} not in {where} (have: {names})")
+    if wanted is not None:
+        for entry in variants:
+            if entry["name"] == wanted:
+                return entry
+        names = ", ".join(v["name"] for v in variants)
+        raise ModelDirError(f"variant {wanted!r} not in {where} (have: {names})")
+    for preferred in (provider, "cpu"):
+        matching = [v for v in variants if v.get("provider", "cpu") == preferred]
+        if matching:
+            return matching[0]
+    return variants[0]
+
+
+def _folder_provider(directory: Path) -> str:
+    """The provider a bare builder folder was made for, from its genai_config.json."""
+    try:
+        config = json.loads((directory / "genai_config.json").read_text())
+        options = config["model"]["decoder"]["session_options"].get("provider_options", [])
+    except (OSError, KeyError, ValueError):
+        return "cpu"
+    return next(iter(options[0]), "cpu").lower() if options else "cpu"
 
 
 def _read_genai_folder(path: Path, **facts: Any) -> ModelInfo:

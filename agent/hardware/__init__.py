@@ -1,0 +1,1 @@
+"""Hardware detection (HardwareProfile) and execution-provider ranking."""
