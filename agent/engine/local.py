@@ -64,6 +64,7 @@ class LoadPlan:
     options: dict[str, str]
     info: ModelInfo
     prepare: Callable[[], None] = lambda: None  # e.g. register a plugin EP library
+    threads_option: str | None = None  # EPs with their own thread pool (OpenVINO)
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,13 @@ class LocalEngine:
     def _load_plan(self, plan: LoadPlan) -> tuple[og.Engine, og.Tokenizer]:
         plan.prepare()
         max_length = min(plan.info.context_length, self.limits.max_context)
-        session = {"intra_op_num_threads": self.threads} if self.threads else {}
+        options = dict(plan.options)
+        threads = self.threads
+        if threads and plan.threads_option:
+            # The EP sizes its own pool; onnxruntime's pool would only compete with it.
+            options.setdefault(plan.threads_option, str(threads))
+            threads = 1
+        session = {"intra_op_num_threads": threads} if threads else {}
         config = og.Config(str(plan.info.path))
         config.overlay(
             json.dumps(
@@ -333,7 +340,7 @@ class LocalEngine:
         config.clear_providers()
         if plan.og_provider is not None:
             config.append_provider(plan.og_provider)
-            for key, value in plan.options.items():
+            for key, value in options.items():
                 config.set_provider_option(plan.og_provider, key, value)
         model = og.Model(config)
         engine = og.Engine(model)

@@ -21,6 +21,7 @@ class ProviderSpec:
     device: str  # npu | gpu | cpu
     variants: tuple[str, ...]  # manifest variant providers it can load, preferred first
     options: dict[str, str] = field(default_factory=dict)
+    threads_option: str | None = None  # the EP runs its own pool, sized by this option
 
     @property
     def label(self) -> str:
@@ -33,12 +34,18 @@ class ProviderSpec:
 
 SPECS = (
     ProviderSpec("qnn", "QNN", "npu", ("qnn",), {"backend_type": "htp"}),
-    ProviderSpec("openvino", "OpenVINO", "npu", ("openvino", "cpu"), {"device_type": "NPU"}),
+    ProviderSpec(
+        "openvino", "OpenVINO", "npu", ("openvino", "cpu"), {"device_type": "NPU"}, "num_of_threads"
+    ),
     ProviderSpec("cuda", "cuda", "gpu", ("cuda",)),
     ProviderSpec("dml", "dml", "gpu", ("dml",)),
     ProviderSpec("webgpu", "WebGPU", "gpu", ("webgpu",)),
-    ProviderSpec("openvino", "OpenVINO", "gpu", ("openvino", "cpu"), {"device_type": "GPU"}),
-    ProviderSpec("openvino", "OpenVINO", "cpu", ("openvino", "cpu"), {"device_type": "CPU"}),
+    ProviderSpec(
+        "openvino", "OpenVINO", "gpu", ("openvino", "cpu"), {"device_type": "GPU"}, "num_of_threads"
+    ),
+    ProviderSpec(
+        "openvino", "OpenVINO", "cpu", ("openvino", "cpu"), {"device_type": "CPU"}, "num_of_threads"
+    ),
     ProviderSpec("cpu", None, "cpu", ("cpu",)),
 )
 

@@ -45,6 +45,7 @@ def select(
             options={**c.spec.options, **options.get(c.spec.name, {})},
             info=resolve_model(model_dir, variant, c.variant_provider),
             prepare=partial(register_plugin, c.spec),
+            threads_option=c.spec.threads_option,
         )
         for c in chosen
     ]

@@ -24,21 +24,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime_genai as og
+from bench_common import REPO, ensure_model
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPT_TOKENS = 128
-
-
-def ensure_model(path: Path) -> Path:
-    variant = path / "cpu-int4"
-    if not (variant / "genai_config.json").is_file():
-        builder = REPO / ".venv-build" / "bin" / "python"
-        if not builder.exists():
-            sys.exit("models/bench is missing: run `make model`-style build tools first")
-        subprocess.run(
-            [builder, REPO / "scripts" / "build_bench_model.py", "--out", path], check=True
-        )
-    return variant
 
 
 def prompt_text(tokenizer: og.Tokenizer) -> str:
