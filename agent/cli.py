@@ -35,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context", type=int)
     serve.add_argument("--max-batch", type=int)
     serve.add_argument("--max-queue", type=int)
-    serve.add_argument("--mqtt-url")
+    serve.add_argument("--mqtt-url", help="mqtt://[user:pass@]host:port or mqtts://...")
+    serve.add_argument("--mqtt-protocol", choices=["5", "3.1.1"])
+    serve.add_argument("--mqtt-pool", help="also serve the shared pool's requests")
+    serve.add_argument("--mqtt-password-file", type=Path)
+    serve.add_argument("--mqtt-ca-file", type=Path)
+    serve.add_argument("--mqtt-cert-file", type=Path)
+    serve.add_argument("--mqtt-key-file", type=Path)
     serve.add_argument("--device-id")
     serve.add_argument("--log-level")
     serve.add_argument("--log-format")
@@ -85,6 +91,12 @@ def _serve(args: argparse.Namespace) -> int:
             "max_batch",
             "max_queue",
             "mqtt_url",
+            "mqtt_protocol",
+            "mqtt_pool",
+            "mqtt_password_file",
+            "mqtt_ca_file",
+            "mqtt_cert_file",
+            "mqtt_key_file",
             "device_id",
             "log_level",
             "log_format",

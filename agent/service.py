@@ -19,6 +19,7 @@ from agent.hardware.providers import Installed
 from agent.hardware.select import select
 from agent.models.local import ModelInfo
 from agent.models.profiles import ModelNames
+from agent.mqtt.bridge import MqttBridge
 from agent.routing.router import Router
 from agent.settings import Settings
 
@@ -55,6 +56,7 @@ class Service:
         )
         self.names = ModelNames(self.info, settings.profiles)
         self.router = Router(self.engine, self.names)
+        self.mqtt = MqttBridge(settings, self.router, self.describe) if settings.mqtt_url else None
         self.draining = False
 
     @property
@@ -66,8 +68,22 @@ class Service:
     def ready(self) -> bool:
         return self.engine.ready and not self.draining
 
+    def describe(self) -> dict[str, object]:
+        """What the MQTT status and telemetry say about the model and backends."""
+        return {
+            "device_id": self.settings.device_id,
+            "model": self.info.name,
+            "variant": self.info.variant,
+            "provider": self.engine.provider,
+            "backends": {"local": "ready" if self.engine.ready else "loading"},
+        }
+
     async def start(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.start()  # status `init` while the model loads
         await self.engine.start()
+        if self.mqtt is not None:
+            self.mqtt.set_state("ready")
         log.info(
             "model loaded",
             model=self.info.name,
@@ -79,6 +95,8 @@ class Service:
 
     async def stop(self) -> None:
         self.draining = True
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         await self.engine.stop()
 
     def status(self) -> dict:
@@ -112,6 +130,11 @@ class Service:
             "engine_steps": engine.steps,
             "finished": dict(engine.finished),
             "routing": {"default_route": "prefer_local", "backends": ["local"]},
+            "mqtt": {
+                "enabled": self.mqtt is not None,
+                "connected": self.mqtt.connected if self.mqtt else False,
+                "state": self.mqtt.state if self.mqtt else None,
+            },
         }
 
 

@@ -83,9 +83,21 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(512, ge=1)
     retry_after_s: int = Field(2, ge=1)
     profiles: dict[str, Profile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
-    # MQTT (the bridge arrives with the MQTT issue; accepted now so configs stay valid)
-    mqtt_url: str | None = None
-    device_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    # MQTT (off unless mqtt_url is set)
+    mqtt_url: str | None = Field(None, description="mqtt://[user:pass@]host:port or mqtts://")
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_topic_prefix: str = Field("edge-agent/v1", min_length=1)
+    mqtt_pool: str | None = Field(None, description="also take requests from this shared pool")
+    mqtt_password_file: Path | None = None
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_keepalive_s: int = Field(30, ge=5, le=3600)
+    mqtt_session_expiry_s: int = Field(3600, ge=0, description="broker keeps our queue this long")
+    mqtt_chunk_interval_ms: int = Field(50, ge=0, description="streamed chunks are batched")
+    mqtt_chunk_tokens: int = Field(16, ge=1)
+    mqtt_dedupe_ttl_s: int = Field(600, ge=1, description="finals kept to answer redeliveries")
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/+#\s]+$")
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

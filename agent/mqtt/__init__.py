@@ -1,0 +1,1 @@
+"""The MQTT interface: requests, streamed replies, cancel, status with Last Will."""

@@ -1,0 +1,147 @@
+"""Request parsing and reply payloads of the MQTT convention."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from agent.api.openai import ChatCompletionRequest
+from agent.engine.types import Chunk, EngineError
+from agent.mqtt.connection import Received
+
+
+@dataclass(frozen=True)
+class ReplyRoute:
+    """Where and how to answer: MQTT 5 Response Topic + Correlation Data, or (3.1.1)
+    the payload's `reply_to` and `id`, echoed in every reply."""
+
+    topic: str
+    correlation: bytes | None
+    request_id: str | None
+
+    @property
+    def key(self) -> str:
+        """The correlation id: de-duplication and cancel key."""
+        if self.correlation is not None:
+            return self.correlation.hex()
+        return f"id:{self.request_id}"
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    route: ReplyRoute | None  # None: nowhere to answer (the message is dropped, logged)
+    body: ChatCompletionRequest | None
+    error: EngineError | None
+
+
+def parse_request(message: Received, max_bytes: int = 1 << 20) -> ParsedRequest:
+    payload: object = None
+    error = None
+    if len(message.payload) > max_bytes:
+        error = EngineError("payload_too_large", f"The payload exceeds {max_bytes} bytes")
+    else:
+        try:
+            payload = json.loads(message.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            error = EngineError("invalid_json", f"The payload is not valid JSON: {exc}")
+    fields = payload if isinstance(payload, dict) else {}
+    if error is None and not isinstance(payload, dict):
+        error = EngineError("invalid_request", "The payload must be a JSON object")
+    request_id = fields.get("id")
+    route_topic = message.response_topic or fields.get("reply_to")
+    if (
+        not isinstance(route_topic, str)
+        or not route_topic
+        or "#" in route_topic
+        or "+" in route_topic
+    ):
+        return ParsedRequest(None, None, error)
+    route = ReplyRoute(
+        topic=route_topic,
+        correlation=message.correlation,
+        request_id=str(request_id) if request_id is not None else None,
+    )
+    if route.correlation is None and route.request_id is None:
+        error = error or EngineError(
+            "invalid_request", "A correlation id is needed: Correlation Data or `id`", param="id"
+        )
+    if error is not None:
+        return ParsedRequest(route, None, error)
+    try:
+        return ParsedRequest(route, ChatCompletionRequest.model_validate(fields), None)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message_text = f"{param or 'payload'}: {first['msg']}"
+        return ParsedRequest(route, None, EngineError("invalid_request", message_text, param=param))
+
+
+def cancel_key(message: Received) -> str | None:
+    if message.correlation is not None:
+        return message.correlation.hex()
+    try:
+        fields = json.loads(message.payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    request_id = fields.get("id") if isinstance(fields, dict) else None
+    return f"id:{request_id}" if request_id is not None else None
+
+
+def _tagged(route: ReplyRoute, payload: dict) -> dict:
+    if route.request_id is not None:
+        payload["id"] = route.request_id
+    return payload
+
+
+def accepted(route: ReplyRoute) -> dict:
+    return _tagged(route, {"type": "accepted"})
+
+
+def rejected(route: ReplyRoute, error: EngineError) -> dict:
+    payload = {"type": "rejected", "code": error.code, "message": error.message}
+    if error.retry_after_s is not None:
+        payload["retry_after_s"] = error.retry_after_s
+    return _tagged(route, payload)
+
+
+def chunk(route: ReplyRoute, seq: int, delta: str) -> dict:
+    return _tagged(route, {"type": "chunk", "seq": seq, "delta": delta})
+
+
+def final(
+    route: ReplyRoute,
+    text: str,
+    finish_reason: str,
+    last: Chunk | None,
+    backend: str,
+    provider: str,
+) -> dict:
+    usage = last.usage if last else None
+    timings = last.timings if last else None
+    payload: dict = {
+        "type": "final",
+        "finish_reason": finish_reason,
+        "text": text,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+        if usage
+        else None,
+        "timings": {
+            "queue_s": round(timings.queue_s, 4),
+            "time_to_first_token_s": round(timings.time_to_first_token_s, 4),
+            "decode_tokens_per_s": round(timings.decode_tokens_per_s, 2),
+            "total_s": round(timings.total_s, 4),
+        }
+        if timings
+        else None,
+        "backend": backend,
+        "provider": provider,
+    }
+    if last is not None and last.error:
+        payload["error"] = last.error
+    return _tagged(route, payload)
