@@ -48,6 +48,7 @@ class Broker:
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
             "max_queued_messages 10000\n"
+            "set_tcp_nodelay true\n"
             # As root mosquitto would switch to its own user, who cannot read pytest's tmp dirs.
             + ("user root\n" if os.geteuid() == 0 else "")
             + f"{self.extra_config}"
