@@ -74,6 +74,7 @@ class Service:
             "device_id": self.settings.device_id,
             "model": self.info.name,
             "variant": self.info.variant,
+            "variant_path": str(self.info.path),
             "provider": self.engine.provider,
             "backends": {"local": "ready" if self.engine.ready else "loading"},
         }
