@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from agent import __version__, log
+from agent.engine.cloud import CloudEndpoint
 from agent.models.local import ModelDirError
 from agent.settings import SettingsError, load_settings
 
@@ -35,6 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context", type=int)
     serve.add_argument("--max-batch", type=int)
     serve.add_argument("--max-queue", type=int)
+    serve.add_argument(
+        "--cloud",
+        action="append",
+        metavar="KIND=URL[#MODEL]",
+        help="cloud endpoint, repeatable in priority order: openai=http://h:p/v1, ollama=http://h:p",
+    )
+    serve.add_argument(
+        "--default-route", choices=["local_only", "prefer_local", "prefer_cloud", "cloud_only"]
+    )
+    serve.add_argument("--first-token-timeout-s", type=float, help="for --cloud endpoints")
+    serve.add_argument("--latency-budget-s", type=float)
+    serve.add_argument("--memory-reserve-mb", type=float)
+    serve.add_argument("--memory-resume-mb", type=float)
+    serve.add_argument("--governor-interval-s", type=float)
+    serve.add_argument("--breaker-failures", type=int)
+    serve.add_argument("--breaker-cooldown-s", type=float)
+    serve.add_argument("--probe-interval-s", type=float)
+    serve.add_argument("--hardware-root", type=Path)
     serve.add_argument("--mqtt-url", help="mqtt://[user:pass@]host:port or mqtts://...")
     serve.add_argument("--mqtt-protocol", choices=["5", "3.1.1"])
     serve.add_argument("--mqtt-pool", help="also serve the shared pool's requests")
@@ -90,6 +109,15 @@ def _serve(args: argparse.Namespace) -> int:
             "max_context",
             "max_batch",
             "max_queue",
+            "default_route",
+            "latency_budget_s",
+            "memory_reserve_mb",
+            "memory_resume_mb",
+            "governor_interval_s",
+            "breaker_failures",
+            "breaker_cooldown_s",
+            "probe_interval_s",
+            "hardware_root",
             "mqtt_url",
             "mqtt_protocol",
             "mqtt_pool",
@@ -104,6 +132,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
     }
     try:
+        if args.cloud:
+            flags["cloud"] = [_cloud_flag(spec, args.first_token_timeout_s) for spec in args.cloud]
         settings = load_settings(args.config, **flags)
     except SettingsError as exc:
         for line in exc.lines:
@@ -163,3 +193,14 @@ def _detect(args: argparse.Namespace) -> int:
     model = args.model or load_settings().model
     print(report(args.root, model, as_json=args.json))
     return 0
+
+
+def _cloud_flag(spec: str, first_token_timeout_s: float | None) -> dict[str, Any]:
+    try:
+        endpoint = CloudEndpoint.parse(spec)
+    except ValueError as exc:
+        raise SettingsError([f"invalid setting cloud={spec}: {exc}"]) from None
+    fields = {"kind": endpoint.kind, "base_url": endpoint.base_url, "model": endpoint.model}
+    if first_token_timeout_s is not None:
+        fields["first_token_timeout_s"] = first_token_timeout_s
+    return fields

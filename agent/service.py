@@ -20,6 +20,8 @@ from agent.hardware.select import select
 from agent.models.local import ModelInfo
 from agent.models.profiles import ModelNames
 from agent.mqtt.bridge import MqttBridge
+from agent.routing.cloud_pool import CloudPool
+from agent.routing.governor import GovernorLimits, ResourceGovernor
 from agent.routing.router import Router
 from agent.settings import Settings
 
@@ -55,7 +57,32 @@ class Service:
             threads=settings.intra_op_num_threads or self.hardware.usable_cores,
         )
         self.names = ModelNames(self.info, settings.profiles)
-        self.router = Router(self.engine, self.names)
+        self.cloud = CloudPool(
+            settings.cloud,
+            failures=settings.breaker_failures,
+            cooldown_s=settings.breaker_cooldown_s,
+            probe_interval_s=settings.probe_interval_s,
+            retry_after_s=settings.retry_after_s,
+        )
+        self.governor = ResourceGovernor(
+            GovernorLimits(
+                memory_reserve_mb=settings.memory_reserve_mb,
+                memory_resume_mb=settings.memory_resume_mb,
+                cpu_enter_percent=settings.cpu_enter_percent,
+                cpu_leave_percent=settings.cpu_leave_percent,
+                temperature_enter_c=settings.temperature_enter_c,
+                temperature_leave_c=settings.temperature_leave_c,
+                battery_enter_percent=settings.battery_enter_percent,
+                battery_leave_percent=settings.battery_leave_percent,
+                latency_budget_s=settings.latency_budget_s,
+                interval_s=settings.governor_interval_s,
+            ),
+            self.engine,
+            settings.hardware_root,
+        )
+        self.router = Router(
+            self.engine, self.names, self.cloud, self.governor, settings.default_route
+        )
         self.mqtt = MqttBridge(settings, self.router, self.describe) if settings.mqtt_url else None
         self.draining = False
 
@@ -76,13 +103,18 @@ class Service:
             "variant": self.info.variant,
             "variant_path": str(self.info.path),
             "provider": self.engine.provider,
-            "backends": {"local": "ready" if self.engine.ready else "loading"},
+            "backends": {
+                "local": "ready" if self.engine.ready else "loading",
+                **self.cloud.states(),
+            },
         }
 
     async def start(self) -> None:
         if self.mqtt is not None:
             await self.mqtt.start()  # status `init` while the model loads
         await self.engine.start()
+        self.governor.start()
+        self.cloud.start()
         if self.mqtt is not None:
             self.mqtt.set_state("ready")
         log.info(
@@ -98,6 +130,8 @@ class Service:
         self.draining = True
         if self.mqtt is not None:
             await self.mqtt.stop()
+        await self.governor.stop()
+        await self.cloud.stop()
         await self.engine.stop()
 
     def status(self) -> dict:
@@ -130,7 +164,15 @@ class Service:
             },
             "engine_steps": engine.steps,
             "finished": dict(engine.finished),
-            "routing": {"default_route": "prefer_local", "backends": ["local"]},
+            "routing": {
+                "default_route": self.router.default_route,
+                "signals": self.governor.state(),
+                "estimated_wait_s": round(self.governor.estimated_wait_s(), 3),
+                "service_time_s": self.governor.service_time_s,
+                "breakers": self.cloud.states(),
+                "requests": dict(self.router.requests),
+                "fallbacks": dict(self.router.fallbacks),
+            },
             "mqtt": {
                 "enabled": self.mqtt is not None,
                 "connected": self.mqtt.connected if self.mqtt else False,

@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.engine.cloud import CloudEndpoint
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / "models" / "tiny"
 
@@ -83,6 +85,25 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(512, ge=1)
     retry_after_s: int = Field(2, ge=1)
     profiles: dict[str, Profile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    # Routing and cloud fallback
+    cloud: list[CloudEndpoint] = Field(default_factory=list, description="in priority order")
+    default_route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] = (
+        "prefer_local"
+    )
+    latency_budget_s: float = Field(30.0, gt=0, description="longest acceptable local wait")
+    memory_reserve_mb: float = Field(256, ge=0, description="short of memory below this")
+    memory_resume_mb: float = Field(512, ge=0, description="until this much is free again")
+    cpu_enter_percent: float = Field(95, gt=0, le=100)
+    cpu_leave_percent: float = Field(80, gt=0, le=100)
+    temperature_enter_c: float = 85
+    temperature_leave_c: float = 80
+    battery_enter_percent: float = Field(15, ge=0, le=100)
+    battery_leave_percent: float = Field(25, ge=0, le=100)
+    governor_interval_s: float = Field(1.0, gt=0)
+    hardware_root: Path = Field(Path("/"), description="where /proc and /sys are read")
+    breaker_failures: int = Field(3, ge=1)
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+    probe_interval_s: float = Field(10.0, gt=0)
     # MQTT (off unless mqtt_url is set)
     mqtt_url: str | None = Field(None, description="mqtt://[user:pass@]host:port or mqtts://")
     mqtt_protocol: Literal["5", "3.1.1"] = "5"

@@ -106,8 +106,8 @@ def test_sampling_parameters_are_accepted(client: openai.OpenAI) -> None:
 def test_reply_names_its_backend(daemon: Daemon) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     response = httpx.post(f"{daemon.url}/v1/chat/completions", json=body, timeout=30)
-    assert response.headers["x-edge-agent-backend"] == "local"
-    assert response.headers["x-edge-agent-provider"] == "cpu"
+    assert response.headers["x-edge-backend"] == "local"
+    assert response.headers["x-edge-provider"] == "cpu"
 
 
 @pytest.mark.parametrize(

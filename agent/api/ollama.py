@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.api.openai import headers, routed_request
 from agent.api.streaming import collect, ndjson
 from agent.engine.types import ChatRequest, Chunk, Message, SamplingParams
 from agent.routing.router import Routed
@@ -63,6 +64,7 @@ class ChatBody(BaseModel):
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: bool = True
     options: Options = Field(default_factory=Options)
+    route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] | None = None
 
 
 class GenerateBody(BaseModel):
@@ -74,6 +76,7 @@ class GenerateBody(BaseModel):
     raw: bool = False
     stream: bool = True
     options: Options = Field(default_factory=Options)
+    route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] | None = None
 
 
 class ShowBody(BaseModel):
@@ -125,6 +128,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
         model=body.model,
         messages=tuple(Message(m.role, m.content) for m in body.messages),
         sampling=body.options.sampling(),
+        route=body.route,
     )
     if not internal.messages:  # Ollama: an empty chat just loads the model
         _service(request).names.resolve(body.model)
@@ -135,7 +139,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
             "done": True,
             "done_reason": "load",
         }
-    routed = await _service(request).router.submit(internal)
+    routed = await _service(request).router.submit(routed_request(internal, request))
 
     def message(text: str) -> dict:
         return {"role": "assistant", "content": text}
@@ -165,7 +169,7 @@ async def generate(body: GenerateBody, request: Request) -> Any:
         }
     if body.raw:
         internal = ChatRequest(
-            model=body.model, prompt=body.prompt, sampling=body.options.sampling()
+            model=body.model, prompt=body.prompt, sampling=body.options.sampling(), route=body.route
         )
     else:
         system = (Message("system", body.system),) if body.system else ()
@@ -173,8 +177,9 @@ async def generate(body: GenerateBody, request: Request) -> Any:
             model=body.model,
             messages=(*system, Message("user", body.prompt)),
             sampling=body.options.sampling(),
+            route=body.route,
         )
-    routed = await _service(request).router.submit(internal)
+    routed = await _service(request).router.submit(routed_request(internal, request))
     if body.stream:
         return _ndjson_stream(routed, body.model, started, lambda t: {"response": t})
     done = await collect(request, routed)
@@ -207,8 +212,7 @@ def _ndjson_stream(routed: Routed, model: str, started: float, body: Any) -> Str
                     {"model": model, "created_at": _now(), **body(chunk.text), "done": False}
                 )
 
-    headers = {"X-Edge-Agent-Backend": routed.backend, "X-Edge-Agent-Provider": routed.provider}
-    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers(routed))
 
 
 def _model_entry(service: Service, name: str) -> dict[str, Any]:

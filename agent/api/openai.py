@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
@@ -12,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.streaming import collect, sse
-from agent.engine.types import ChatRequest, EngineError, Message, SamplingParams
+from agent.engine.types import ROUTES, ChatRequest, EngineError, Message, SamplingParams
 from agent.routing.router import Routed
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class SamplingFields(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] | None = None
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -86,7 +88,9 @@ class ChatCompletionRequest(SamplingFields):
             for m in self.messages
         )
         limit = self.max_completion_tokens or self.max_tokens
-        return ChatRequest(model=self.model, messages=messages, sampling=self.sampling(limit))
+        return ChatRequest(
+            model=self.model, messages=messages, sampling=self.sampling(limit), route=self.route
+        )
 
 
 class CompletionRequest(SamplingFields):
@@ -102,15 +106,36 @@ class CompletionRequest(SamplingFields):
             prompt = self.prompt[0]
         else:
             prompt = self.prompt
-        return ChatRequest(model=self.model, prompt=prompt, sampling=self.sampling(self.max_tokens))
+        return ChatRequest(
+            model=self.model,
+            prompt=prompt,
+            sampling=self.sampling(self.max_tokens),
+            route=self.route,
+        )
 
 
 def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-def _headers(routed: Routed) -> dict[str, str]:
-    return {"X-Edge-Agent-Backend": routed.backend, "X-Edge-Agent-Provider": routed.provider}
+def headers(routed: Routed) -> dict[str, str]:
+    return {
+        "X-Edge-Backend": routed.backend,
+        "X-Edge-Provider": routed.provider,
+        "X-Edge-Route-Reason": routed.reason,
+    }
+
+
+def routed_request(internal: ChatRequest, request: Request) -> ChatRequest:
+    """The X-Edge-Route header, when sent, overrides the body's `route`."""
+    header = request.headers.get("x-edge-route")
+    if header is None:
+        return internal
+    if header not in ROUTES:
+        raise EngineError(
+            "invalid_request", f"X-Edge-Route must be one of {', '.join(ROUTES)}", param="route"
+        )
+    return replace(internal, route=header)
 
 
 def _usage(usage: Any) -> dict[str, int]:
@@ -136,14 +161,14 @@ async def list_models(request: Request) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    routed = await _service(request).router.submit(body.to_internal())
+    routed = await _service(request).router.submit(routed_request(body.to_internal(), request))
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
             _chat_events(routed, body, completion_id, created),
             media_type="text/event-stream",
-            headers=_headers(routed),
+            headers=headers(routed),
         )
     done = await collect(request, routed)
     return _json(
@@ -162,6 +187,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             ],
             "usage": _usage(done.usage),
             "system_fingerprint": None,
+            "backend": routed.backend,
+            "route_reason": routed.reason,
         },
         routed,
     )
@@ -209,14 +236,14 @@ async def _chat_events(
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    routed = await _service(request).router.submit(body.to_internal())
+    routed = await _service(request).router.submit(routed_request(body.to_internal(), request))
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
             _completion_events(routed, body, completion_id, created),
             media_type="text/event-stream",
-            headers=_headers(routed),
+            headers=headers(routed),
         )
     done = await collect(request, routed)
     return _json(
@@ -234,6 +261,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                 }
             ],
             "usage": _usage(done.usage),
+            "backend": routed.backend,
+            "route_reason": routed.reason,
         },
         routed,
     )
@@ -262,4 +291,4 @@ async def _completion_events(
 
 
 def _json(payload: dict, routed: Routed) -> JSONResponse:
-    return JSONResponse(payload, headers=_headers(routed))
+    return JSONResponse(payload, headers=headers(routed))

@@ -35,6 +35,10 @@ class ChatRequest:
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    route: str | None = None  # local_only | prefer_local | prefer_cloud | cloud_only
+
+
+ROUTES = ("local_only", "prefer_local", "prefer_cloud", "cloud_only")
 
 
 class FinishReason(StrEnum):

@@ -202,7 +202,13 @@ class MqttBridge:
             if chunk.finish_reason is not None:
                 reason = "expired" if entry.expired else chunk.finish_reason.value
                 payload = messages.final(
-                    route, "".join(parts), reason, chunk, routed.backend, routed.provider
+                    route,
+                    "".join(parts),
+                    reason,
+                    chunk,
+                    routed.backend,
+                    routed.provider,
+                    routed.reason,
                 )
                 payload["gateway"] = self.settings.device_id
                 self._finish(key, route, payload)

@@ -117,6 +117,7 @@ def final(
     last: Chunk | None,
     backend: str,
     provider: str,
+    route_reason: str = "",
 ) -> dict:
     usage = last.usage if last else None
     timings = last.timings if last else None
@@ -141,6 +142,7 @@ def final(
         else None,
         "backend": backend,
         "provider": provider,
+        "route_reason": route_reason,
     }
     if last is not None and last.error:
         payload["error"] = last.error

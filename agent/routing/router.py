@@ -1,37 +1,55 @@
 """The Router: the one place interfaces hand requests to, and the one that picks a backend.
 
-Today every request is served locally; the resource governor and cloud backends plug in
-here (routing issue) without any interface changing.
+Routes: `local_only` never leaves the gateway; `prefer_local` (default) goes to the cloud
+only when the ResourceGovernor reports a shortage or the local queue is full;
+`prefer_cloud` uses the cloud while an endpoint is available; `cloud_only` never runs
+locally. Every reply says which backend served it and why.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from agent.engine.local import LocalEngine
-from agent.engine.types import ChatRequest, Chunk
+from agent.engine.types import ChatRequest, Chunk, EngineError, server_busy
 from agent.log import prompt_fields, prompts_logged
 from agent.models.profiles import ModelNames, apply_profile
+from agent.routing.cloud_pool import CloudPool
+from agent.routing.governor import ResourceGovernor
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class Routed:
-    """An admitted request: which backend serves it, and its stream of chunks."""
+    """An admitted request: which backend serves it, why, and its stream of chunks."""
 
     backend: str
     provider: str
+    reason: str
     chunks: AsyncIterator[Chunk]
 
 
 class Router:
-    def __init__(self, local: LocalEngine, names: ModelNames) -> None:
+    def __init__(
+        self,
+        local: LocalEngine,
+        names: ModelNames,
+        cloud: CloudPool,
+        governor: ResourceGovernor,
+        default_route: str = "prefer_local",
+    ) -> None:
         self.local = local
         self.names = names
+        self.cloud = cloud
+        self.governor = governor
+        self.default_route = default_route
+        self.requests = Counter[str]()  # by backend ("local" or the endpoint name)
+        self.fallbacks = Counter[str]()  # by reason
 
     def prepare(self, request: ChatRequest) -> ChatRequest:
         """Resolve the model name (404 if unknown) and apply its profile."""
@@ -39,18 +57,70 @@ class Router:
 
     async def submit(self, request: ChatRequest) -> Routed:
         prepared = self.prepare(request)
-        chunks = await self.local.submit(prepared)
-        return Routed(
-            backend=self.local.name,
-            provider=self.local.provider,
-            chunks=self._observe(prepared, self.local.name, chunks),
-        )
+        route = request.route or self.default_route
+        if route == "local_only":
+            return await self._local(prepared, "local_only")
+        if route == "cloud_only":
+            return await self._cloud(prepared, "cloud_only")
+        if route == "prefer_cloud" and self.cloud.available():
+            try:
+                return await self._cloud(prepared, "prefer_cloud")
+            except EngineError:
+                return await self._local(prepared, "cloud_unavailable")
+        shortages = self.governor.shortages(self._kv_bytes(prepared))
+        if shortages and self.cloud.available():
+            try:
+                return await self._fallback(prepared, shortages)
+            except EngineError:
+                pass  # the cloud failed too: local still takes it if its queue has room
+        reason = "local_" + "_".join(shortages) if shortages else "local"
+        try:
+            return await self._local(prepared, reason)
+        except EngineError as error:
+            if error.code != "server_busy" or not self.cloud.available():
+                raise
+            return await self._fallback(prepared, ["queue_full"])
 
     def cancel(self, request_id: str) -> bool:
         return self.local.cancel(request_id)
 
+    async def _fallback(self, request: ChatRequest, reasons: list[str]) -> Routed:
+        routed = await self._cloud(request, "fallback:" + ",".join(reasons))
+        self.fallbacks.update(reasons)
+        return routed
+
+    async def _local(self, request: ChatRequest, reason: str) -> Routed:
+        chunks = await self.local.submit(request)
+        return self._routed(request, self.local.name, self.local.provider, reason, chunks)
+
+    async def _cloud(self, request: ChatRequest, reason: str) -> Routed:
+        if not self.cloud.configured:
+            raise server_busy("No cloud endpoint is configured", self.cloud.retry_after_s)
+        name, chunks = await self.cloud.submit(replace(request, model=self.names.model))
+        return self._routed(request, name, "cloud", reason, chunks)
+
+    def _kv_bytes(self, request: ChatRequest) -> int:
+        """The KV cache this request would need locally (a prompt token is ~4 characters)."""
+        characters = len(request.prompt or "") + sum(len(m.content) for m in request.messages)
+        tokens = characters // 4 + (
+            request.sampling.max_tokens or self.local.limits.default_max_tokens
+        )
+        return tokens * self.local.info.kv_bytes_per_token
+
+    def _routed(
+        self,
+        request: ChatRequest,
+        backend: str,
+        provider: str,
+        reason: str,
+        chunks: AsyncIterator[Chunk],
+    ) -> Routed:
+        self.requests[backend] += 1
+        observed = self._observe(request, backend, reason, chunks)
+        return Routed(backend=backend, provider=provider, reason=reason, chunks=observed)
+
     async def _observe(
-        self, request: ChatRequest, backend: str, chunks: AsyncIterator[Chunk]
+        self, request: ChatRequest, backend: str, reason: str, chunks: AsyncIterator[Chunk]
     ) -> AsyncIterator[Chunk]:
         """One log line per finished request; its text only when `log_prompts` is on."""
         keep_text = prompts_logged()
@@ -62,12 +132,16 @@ class Router:
                 yield chunk
                 continue
             usage, timings = chunk.usage, chunk.timings
+            if backend == self.local.name and timings is not None:
+                self.governor.observe(timings.total_s)
             log.info(
                 "request finished",
                 request_id=request.request_id,
                 model=request.model,
                 backend=backend,
+                route_reason=reason,
                 finish_reason=chunk.finish_reason.value,
+                error=chunk.error,
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 ttft_s=round(timings.time_to_first_token_s, 4) if timings else None,

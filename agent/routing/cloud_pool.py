@@ -1,0 +1,103 @@
+"""The ordered cloud endpoints with their breakers and health probes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+
+from agent.engine.cloud import CloudBackend, CloudEndpoint
+from agent.engine.types import ChatRequest, Chunk, FinishReason, server_busy
+from agent.routing.breaker import Breaker
+
+log = structlog.get_logger(__name__)
+
+
+class CloudPool:
+    def __init__(
+        self,
+        endpoints: list[CloudEndpoint],
+        *,
+        failures: int,
+        cooldown_s: float,
+        probe_interval_s: float,
+        retry_after_s: int,
+    ) -> None:
+        self.members = [(CloudBackend(e), Breaker(failures, cooldown_s)) for e in endpoints]
+        self.probe_interval_s = probe_interval_s
+        self.retry_after_s = retry_after_s
+        self._probing: asyncio.Task | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.members)
+
+    def available(self) -> bool:
+        return any(breaker.allows() for _, breaker in self.members)
+
+    def states(self) -> dict[str, str]:
+        return {backend.name: breaker.state for backend, breaker in self.members}
+
+    def start(self) -> None:
+        if self.members:
+            self._probing = asyncio.ensure_future(self._probe_forever())
+
+    async def stop(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+
+    async def submit(self, request: ChatRequest) -> tuple[str, AsyncIterator[Chunk]]:
+        """The first endpoint, in priority order, that produces a first token in time.
+        Retrying elsewhere is only possible before anything was sent to the client."""
+        errors = []
+        for backend, breaker in self.members:
+            if not breaker.allows():
+                continue
+            stream = backend.stream(request)
+            try:  # the connect timeout is httpx's; this bounds the wait for a first token
+                first = await asyncio.wait_for(
+                    anext(stream), timeout=backend.endpoint.first_token_timeout_s
+                )
+            except Exception as exc:  # refused, timed out, HTTP error: try the next one
+                reason = "no first token in time" if isinstance(exc, TimeoutError) else str(exc)
+                log.warning("cloud endpoint failed", endpoint=backend.name, error=reason)
+                errors.append(f"{backend.name}: {reason}")
+                breaker.failure()
+                await stream.aclose()
+                continue
+            breaker.success()
+            return backend.name, self._rest(first, stream, breaker, backend.name)
+        detail = "; ".join(errors) or "every endpoint's breaker is open"
+        raise server_busy(
+            f"No cloud endpoint could take the request ({detail})", self.retry_after_s
+        )
+
+    async def _rest(
+        self, first: Chunk, stream: AsyncIterator[Chunk], breaker: Breaker, name: str
+    ) -> AsyncIterator[Chunk]:
+        yield first
+        if first.finish_reason is not None:
+            return
+        try:
+            async for chunk in stream:
+                yield chunk
+        except Exception as exc:
+            breaker.failure()
+            log.warning("cloud endpoint failed mid-reply", endpoint=name, error=str(exc))
+            yield Chunk(finish_reason=FinishReason.ERROR, error=f"{name} failed mid-reply: {exc}")
+        finally:
+            await stream.aclose()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            for backend, breaker in self.members:
+                if breaker.state == "open" and not breaker.allows():
+                    continue  # still cooling down
+                try:
+                    await asyncio.wait_for(backend.probe(), backend.endpoint.connect_timeout_s + 2)
+                except Exception:
+                    breaker.failure()
+                else:
+                    breaker.success()

@@ -1,0 +1,144 @@
+"""ResourceGovernor: is the gateway short of memory, CPU, thermal headroom, battery or time?
+
+Each signal has an enter and a leave level (hysteresis) so routing does not flap; the
+sampled signals refresh on a timer, the queue wait is judged per request. Readings come
+from psutil and the container-aware hardware probes (cgroup limits, /sys thermal and
+battery under a root path that tests can point at a recorded tree).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from agent.engine.local import LocalEngine
+from agent.hardware import cgroup, power
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Signal:
+    """Short once the value crosses `enter`, back to normal only past `leave`."""
+
+    name: str
+    enter: float
+    leave: float
+    worse_above: bool
+    value: float | None = None
+    short: bool = False
+
+    def update(self, value: float | None) -> None:
+        self.value = value
+        if value is None:
+            self.short = False
+        elif self.worse_above:
+            self.short = value >= self.enter if not self.short else value > self.leave
+        else:
+            self.short = value <= self.enter if not self.short else value < self.leave
+
+
+@dataclass(frozen=True)
+class GovernorLimits:
+    memory_reserve_mb: float = 256  # short below this much available memory...
+    memory_resume_mb: float = 512  # ...until this much is available again
+    cpu_enter_percent: float = 95
+    cpu_leave_percent: float = 80
+    temperature_enter_c: float = 85
+    temperature_leave_c: float = 80
+    battery_enter_percent: float = 15
+    battery_leave_percent: float = 25
+    latency_budget_s: float = 30
+    interval_s: float = 1.0
+
+
+class ResourceGovernor:
+    def __init__(self, limits: GovernorLimits, engine: LocalEngine, root: Path = Path("/")):
+        self.limits = limits
+        self.engine = engine
+        self.root = root
+        self.memory = Signal("memory", limits.memory_reserve_mb, limits.memory_resume_mb, False)
+        self.cpu = Signal("cpu", limits.cpu_enter_percent, limits.cpu_leave_percent, True)
+        self.heat = Signal(
+            "temperature", limits.temperature_enter_c, limits.temperature_leave_c, True
+        )
+        self.battery = Signal(
+            "battery", limits.battery_enter_percent, limits.battery_leave_percent, False
+        )
+        self.queue = Signal(
+            "latency_budget", limits.latency_budget_s, limits.latency_budget_s * 0.8, True
+        )
+        self.service_time_s: float | None = None  # moving average of local request time
+        self._process = psutil.Process()
+        self._cpus = psutil.cpu_count() or 1
+        self._task: asyncio.Task | None = None
+
+    @property
+    def signals(self) -> tuple[Signal, ...]:
+        return (self.memory, self.cpu, self.heat, self.battery, self.queue)
+
+    def start(self) -> None:
+        psutil.cpu_percent(None)  # the first calls only set the baselines
+        self._process.cpu_percent(None)
+        self.refresh()
+        self._task = asyncio.ensure_future(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def refresh(self) -> None:
+        limits = cgroup.read(self.root)
+        available = psutil.virtual_memory().available
+        if limits.memory_limit_bytes is not None and limits.memory_used_bytes is not None:
+            available = min(available, limits.memory_limit_bytes - limits.memory_used_bytes)
+        self.memory.update(available / MIB)
+        self.cpu.update(self._others_cpu_percent())
+        temps = [z.celsius for z in power.thermal_zones(self.root) if z.celsius is not None]
+        self.heat.update(max(temps) if temps else None)
+        battery = power.battery(self.root)
+        on_battery = battery is not None and battery.on_ac is False
+        self.battery.update(battery.percent if on_battery else None)
+
+    def _others_cpu_percent(self) -> float:
+        """CPU taken by everything but this daemon: our own inference load is judged by the
+        queue wait instead, or a busy engine would push every request to the cloud."""
+        total = psutil.cpu_percent(None)
+        own = self._process.cpu_percent(None) / self._cpus
+        return max(0.0, total - own)
+
+    def estimated_wait_s(self) -> float:
+        """Static batches: a new request waits for the running batch and those queued."""
+        if self.service_time_s is None or self.engine.running == 0:
+            return 0.0
+        batches_ahead = 1 + math.floor(self.engine.queue_depth / self.engine.limits.max_batch)
+        return batches_ahead * self.service_time_s
+
+    def observe(self, total_s: float) -> None:
+        previous = self.service_time_s
+        self.service_time_s = total_s if previous is None else 0.7 * previous + 0.3 * total_s
+
+    def shortages(self, request_kv_bytes: int = 0) -> list[str]:
+        """Why local should not take this request now (empty: it should)."""
+        self.queue.update(self.estimated_wait_s())
+        reasons = [s.name for s in self.signals if s.short]
+        memory = self.memory.value
+        room = None if memory is None else memory - request_kv_bytes / MIB
+        if "memory" not in reasons and room is not None and room < self.limits.memory_reserve_mb:
+            reasons.append("memory")
+        return reasons
+
+    def state(self) -> dict[str, dict]:
+        return {
+            s.name: {"value": None if s.value is None else round(s.value, 2), "short": s.short}
+            for s in self.signals
+        }
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.interval_s)
+            self.refresh()
