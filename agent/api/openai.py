@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -161,37 +161,66 @@ async def list_models(request: Request) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    return await _respond(
+        request,
+        body,
+        prefix="chatcmpl",
+        kind="chat.completion",
+        events=_chat_events,
+        choice=lambda text: {"message": {"role": "assistant", "content": text}},
+    )
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    return await _respond(
+        request,
+        body,
+        prefix="cmpl",
+        kind="text_completion",
+        events=_completion_events,
+        choice=lambda text: {"text": text},
+    )
+
+
+async def _respond(
+    request: Request,
+    body: ChatCompletionRequest | CompletionRequest,
+    *,
+    prefix: str,
+    kind: str,
+    events: Callable[..., AsyncIterator[str]],
+    choice: Callable[[str], dict],
+) -> Any:
+    """Route the request, then stream SSE events or answer with one JSON document."""
     routed = await _service(request).router.submit(routed_request(body.to_internal(), request))
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    completion_id = f"{prefix}-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
         return StreamingResponse(
-            _chat_events(routed, body, completion_id, created),
+            events(routed, body, completion_id, created),
             media_type="text/event-stream",
             headers=headers(routed),
         )
     done = await collect(request, routed)
-    return _json(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": done.text},
-                    "logprobs": None,
-                    "finish_reason": done.final.finish_reason.value,
-                }
-            ],
-            "usage": _usage(done.usage),
-            "system_fingerprint": None,
-            "backend": routed.backend,
-            "route_reason": routed.reason,
-        },
-        routed,
-    )
+    payload = {
+        "id": completion_id,
+        "object": kind,
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                **choice(done.text),
+                "logprobs": None,
+                "finish_reason": done.final.finish_reason.value,
+            }
+        ],
+        "usage": _usage(done.usage),
+        "backend": routed.backend,
+        "route_reason": routed.reason,
+    }
+    return JSONResponse(payload, headers=headers(routed))
 
 
 async def _chat_events(
@@ -234,40 +263,6 @@ async def _chat_events(
     yield sse("[DONE]")
 
 
-@router.post("/completions")
-async def completions(body: CompletionRequest, request: Request) -> Any:
-    routed = await _service(request).router.submit(routed_request(body.to_internal(), request))
-    completion_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if body.stream:
-        return StreamingResponse(
-            _completion_events(routed, body, completion_id, created),
-            media_type="text/event-stream",
-            headers=headers(routed),
-        )
-    done = await collect(request, routed)
-    return _json(
-        {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": done.text,
-                    "logprobs": None,
-                    "finish_reason": done.final.finish_reason.value,
-                }
-            ],
-            "usage": _usage(done.usage),
-            "backend": routed.backend,
-            "route_reason": routed.reason,
-        },
-        routed,
-    )
-
-
 async def _completion_events(
     routed: Routed, body: CompletionRequest, completion_id: str, created: int
 ) -> AsyncIterator[str]:
@@ -288,7 +283,3 @@ async def _completion_events(
         elif chunk.text:
             yield sse(event(chunk.text))
     yield sse("[DONE]")
-
-
-def _json(payload: dict, routed: Routed) -> JSONResponse:
-    return JSONResponse(payload, headers=headers(routed))
