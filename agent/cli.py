@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mqtt-ca-file", type=Path)
     serve.add_argument("--mqtt-cert-file", type=Path)
     serve.add_argument("--mqtt-key-file", type=Path)
+    serve.add_argument("--telemetry-interval-s", type=float)
     serve.add_argument("--device-id")
     serve.add_argument("--log-level")
     serve.add_argument("--log-format")
@@ -126,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
             "mqtt_cert_file",
             "mqtt_key_file",
             "device_id",
+            "telemetry_interval_s",
             "log_level",
             "log_format",
             "log_prompts",

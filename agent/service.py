@@ -24,6 +24,8 @@ from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import GovernorLimits, ResourceGovernor
 from agent.routing.router import Router
 from agent.settings import Settings
+from agent.telemetry.metrics import LiveSource, Metrics, totals_by
+from agent.telemetry.publisher import TelemetryPublisher
 
 log = structlog.get_logger(__name__)
 
@@ -80,10 +82,33 @@ class Service:
             self.engine,
             settings.hardware_root,
         )
+        self.metrics = Metrics()
         self.router = Router(
-            self.engine, self.names, self.cloud, self.governor, settings.default_route
+            self.engine, self.names, self.cloud, self.governor, self.metrics, settings.default_route
         )
         self.mqtt = MqttBridge(settings, self.router, self.describe) if settings.mqtt_url else None
+        self.telemetry = None
+        if self.mqtt is not None:
+            self.telemetry = TelemetryPublisher(
+                self.metrics,
+                self.mqtt.publish_telemetry,
+                settings.telemetry_interval_s,
+                settings.device_id,
+            )
+        self.metrics.attach(
+            LiveSource(
+                queue_depth=lambda: self.engine.queue_depth,
+                running=lambda: self.engine.running,
+                breakers=self.cloud.states,
+                memory_available_bytes=lambda: _mib_to_bytes(self.governor.memory.value),
+                temperature_c=lambda: self.governor.heat.value,
+                battery_percent=lambda: self.governor.battery.value,
+                mqtt_connected=lambda: self.mqtt.connected if self.mqtt else None,
+                mqtt_connects=lambda: (
+                    self.mqtt.connection.connects if self.mqtt and self.mqtt.connection else 0
+                ),
+            )
+        )
         self.draining = False
 
     @property
@@ -115,8 +140,18 @@ class Service:
         await self.engine.start()
         self.governor.start()
         self.cloud.start()
+        self.metrics.load_time.set(self.engine.load_time_s)
+        self.metrics.model.info(
+            {
+                "model": self.info.name,
+                "variant": self.info.variant,
+                "provider": self.engine.provider,
+            }
+        )
         if self.mqtt is not None:
             self.mqtt.set_state("ready")
+        if self.telemetry is not None:
+            self.telemetry.start()
         log.info(
             "model loaded",
             model=self.info.name,
@@ -128,6 +163,8 @@ class Service:
 
     async def stop(self) -> None:
         self.draining = True
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
         await self.governor.stop()
@@ -170,8 +207,8 @@ class Service:
                 "estimated_wait_s": round(self.governor.estimated_wait_s(), 3),
                 "service_time_s": self.governor.service_time_s,
                 "breakers": self.cloud.states(),
-                "requests": dict(self.router.requests),
-                "fallbacks": dict(self.router.fallbacks),
+                "requests": totals_by(self.metrics.requests, "backend"),
+                "fallbacks": totals_by(self.metrics.fallbacks, "reason"),
             },
             "mqtt": {
                 "enabled": self.mqtt is not None,
@@ -179,6 +216,10 @@ class Service:
                 "state": self.mqtt.state if self.mqtt else None,
             },
         }
+
+
+def _mib_to_bytes(value: float | None) -> float | None:
+    return None if value is None else value * 1024 * 1024
 
 
 class _Server(uvicorn.Server):

@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     mqtt_chunk_interval_ms: int = Field(50, ge=0, description="streamed chunks are batched")
     mqtt_chunk_tokens: int = Field(16, ge=1)
     mqtt_dedupe_ttl_s: int = Field(600, ge=1, description="finals kept to answer redeliveries")
+    telemetry_interval_s: float = Field(60.0, gt=0, description="MQTT telemetry period")
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, pattern=r"^[^/+#\s]+$")
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"

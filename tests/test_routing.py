@@ -94,7 +94,7 @@ def test_local_only_never_leaves_the_gateway(daemon_factory, cloud: Daemon) -> N
         assert spilled.headers["x-edge-backend"].startswith("openai:")
         assert spilled.headers["x-edge-route-reason"] == "fallback:queue_full"
     assert served(cloud) == before + 1
-    assert gateway.status()["routing"]["fallbacks"] == {"queue_full": 1}
+    assert gateway.status()["routing"]["fallbacks"] == {"queue_full": 1.0}
 
 
 HOG = """

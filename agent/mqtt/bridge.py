@@ -83,6 +83,10 @@ class MqttBridge:
         if self.connected:
             self._publish_status()
 
+    def publish_telemetry(self, document: dict) -> None:
+        if self.connected:
+            self.connection.publish(self.topics.telemetry, document, qos=0)
+
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Publish `offline` (retained) and disconnect cleanly, so the Will is not sent."""
         if self.connection is None:

@@ -8,7 +8,6 @@ locally. Every reply says which backend served it and why.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -20,6 +19,7 @@ from agent.log import prompt_fields, prompts_logged
 from agent.models.profiles import ModelNames, apply_profile
 from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import ResourceGovernor
+from agent.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -41,15 +41,15 @@ class Router:
         names: ModelNames,
         cloud: CloudPool,
         governor: ResourceGovernor,
+        metrics: Metrics,
         default_route: str = "prefer_local",
     ) -> None:
         self.local = local
         self.names = names
         self.cloud = cloud
         self.governor = governor
+        self.metrics = metrics
         self.default_route = default_route
-        self.requests = Counter[str]()  # by backend ("local" or the endpoint name)
-        self.fallbacks = Counter[str]()  # by reason
 
     def prepare(self, request: ChatRequest) -> ChatRequest:
         """Resolve the model name (404 if unknown) and apply its profile."""
@@ -86,7 +86,8 @@ class Router:
 
     async def _fallback(self, request: ChatRequest, reasons: list[str]) -> Routed:
         routed = await self._cloud(request, "fallback:" + ",".join(reasons))
-        self.fallbacks.update(reasons)
+        for reason in reasons:
+            self.metrics.fallbacks.labels(reason).inc()
         return routed
 
     async def _local(self, request: ChatRequest, reason: str) -> Routed:
@@ -115,7 +116,6 @@ class Router:
         reason: str,
         chunks: AsyncIterator[Chunk],
     ) -> Routed:
-        self.requests[backend] += 1
         observed = self._observe(request, backend, reason, chunks)
         return Routed(backend=backend, provider=provider, reason=reason, chunks=observed)
 
@@ -134,6 +134,7 @@ class Router:
             usage, timings = chunk.usage, chunk.timings
             if backend == self.local.name and timings is not None:
                 self.governor.observe(timings.total_s)
+            self.metrics.observe(backend, chunk)
             log.info(
                 "request finished",
                 request_id=request.request_id,

@@ -1,0 +1,1 @@
+"""Telemetry: the Prometheus registry (/metrics) and the periodic MQTT snapshot."""

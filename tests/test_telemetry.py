@@ -1,0 +1,68 @@
+"""Metrics and MQTT telemetry agree with the traffic that was really sent."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import start_daemon
+from tests.mqtt_support import Broker, Device
+
+ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Hello, gateway!"}]}
+
+
+def scrape(url: str) -> dict[str, list]:
+    text = httpx.get(f"{url}/metrics").text
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def total(samples: list, suffix: str = "_total", **labels: str) -> float:
+    return sum(
+        s.value
+        for s in samples
+        if s.name.endswith(suffix) and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_metrics_and_telemetry_count_http_and_mqtt_traffic(tmp_path) -> None:
+    broker = Broker(tmp_path).start()
+    daemon = start_daemon("--mqtt-url", broker.url, "--device-id", "gw-metrics",
+                          "--telemetry-interval-s", "1")  # fmt: skip
+    try:
+        device = Device(broker)
+        generated = 0
+        for tokens in (3, 5, 7):
+            reply = httpx.post(
+                f"{daemon.url}/v1/chat/completions", json={**ASK, "max_tokens": tokens}, timeout=30
+            ).json()
+            generated += reply["usage"]["completion_tokens"]
+        for tokens in (2, 4):
+            final = device.replies(device.request("gw-metrics", {**ASK, "max_tokens": tokens}))[-1]
+            generated += final["usage"]["completion_tokens"]
+        metrics = scrape(daemon.url)
+        assert total(metrics["edge_agent_requests"], backend="local") == 5
+        assert total(metrics["edge_agent_generation_tokens"]) == generated
+        assert total(metrics["edge_agent_time_to_first_token_seconds"], "_count") == 5
+        assert total(metrics["edge_agent_e2e_request_latency_seconds"], "_count") == 5
+        assert metrics["edge_agent_mqtt_connected"][0].value == 1
+        assert metrics["edge_agent_queue_depth"][0].value == 0
+        assert metrics["edge_agent_model_info"][0].labels["provider"] == "cpu"
+        assert metrics["edge_agent_process_rss_bytes"][0].value > 0
+
+        documents = []
+        topic = "edge-agent/v1/gw-metrics/telemetry"
+        while len(documents) < 3:
+            item = device._take(lambda t, p, c: t == topic, 10)
+            assert item is not None, "telemetry did not arrive"
+            documents.append(item[1])
+        seqs = [d["seq"] for d in documents]
+        assert seqs == list(range(seqs[0], seqs[0] + 3))
+        assert all(d["interval_s"] == 1 and d["device_id"] == "gw-metrics" for d in documents)
+        latest = documents[-1]["metrics"]
+        assert sum(latest["requests_total"].values()) == 5
+        assert sum(latest["generation_tokens_total"].values()) == generated
+        windows = [d["latency_s"]["ttft"]["count"] for d in documents]
+        assert sum(windows) <= 5  # each request counted in one window only
+    finally:
+        daemon.stop()
+        broker.stop()
