@@ -29,6 +29,8 @@ from agent.telemetry.publisher import TelemetryPublisher
 
 log = structlog.get_logger(__name__)
 
+MQTT_READY_WAIT_S = 5.0  # how long "ready" waits for the broker before going on without it
+
 
 class Service:
     """The daemon's parts and their lifecycle; the HTTP app reads its state from here."""
@@ -150,6 +152,8 @@ class Service:
         )
         if self.mqtt is not None:
             self.mqtt.set_state("ready")
+            if not await self.mqtt.wait_subscribed(MQTT_READY_WAIT_S):
+                log.warning("mqtt not connected yet; serving HTTP, retrying the broker")
         if self.telemetry is not None:
             self.telemetry.start()
         log.info(

@@ -76,6 +76,14 @@ class MqttBridge:
         )
         self.connection.start()
 
+    async def wait_subscribed(self, timeout_s: float) -> bool:
+        """Whether the broker took our subscriptions within `timeout_s`."""
+        try:
+            await asyncio.wait_for(self.connection.subscribed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     def set_state(self, state: str) -> None:
         self.state = state
         if state == "ready":

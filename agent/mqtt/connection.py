@@ -80,6 +80,7 @@ class Connection:
     ) -> None:
         self.v5 = v5
         self.connected = asyncio.Event()
+        self.subscribed = asyncio.Event()  # set once the broker acknowledged our topics
         self.connects = 0
         self._loop = loop
         self._on_connect = on_connect
@@ -114,6 +115,7 @@ class Connection:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         client.on_socket_open = _no_delay
         self._client = client
 
@@ -204,6 +206,9 @@ class Connection:
             expiry_s=getattr(props, "MessageExpiryInterval", None),
         )
         self._loop.call_soon_threadsafe(self._on_message, received)
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._loop.call_soon_threadsafe(self.subscribed.set)
 
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
