@@ -80,6 +80,13 @@ def test_unknown_model_is_a_404(client: ollama.Client) -> None:
     assert "tiny" in raised.value.error
 
 
+def test_replies_name_their_backend(daemon: Daemon) -> None:
+    body = {"model": "tiny", "messages": MESSAGES, "stream": False, "options": {"num_predict": 2}}
+    reply = httpx.post(f"{daemon.url}/api/chat", json=body, timeout=30)
+    assert reply.headers["x-edge-backend"] == "local"
+    assert reply.json()["done_reason"] == "length"
+
+
 def test_bad_option_type_is_a_400(daemon: Daemon) -> None:
     body = {"model": "tiny", "messages": MESSAGES, "options": {"temperature": "warm"}}
     response = httpx.post(f"{daemon.url}/api/chat", json=body)

@@ -147,12 +147,8 @@ async def chat(body: ChatBody, request: Request) -> Any:
     if body.stream:
         return _ndjson_stream(routed, body.model, started, lambda t: {"message": message(t)})
     done = await collect(request, routed)
-    return {
-        "model": body.model,
-        "created_at": _now(),
-        "message": message(done.text),
-        **_final_fields(done.final, started),
-    }
+    payload = {"model": body.model, "created_at": _now(), "message": message(done.text)}
+    return JSONResponse({**payload, **_final_fields(done.final, started)}, headers=headers(routed))
 
 
 @router.post("/api/generate")
@@ -183,12 +179,8 @@ async def generate(body: GenerateBody, request: Request) -> Any:
     if body.stream:
         return _ndjson_stream(routed, body.model, started, lambda t: {"response": t})
     done = await collect(request, routed)
-    return {
-        "model": body.model,
-        "created_at": _now(),
-        "response": done.text,
-        **_final_fields(done.final, started),
-    }
+    payload = {"model": body.model, "created_at": _now(), "response": done.text}
+    return JSONResponse({**payload, **_final_fields(done.final, started)}, headers=headers(routed))
 
 
 def _ndjson_stream(routed: Routed, model: str, started: float, body: Any) -> StreamingResponse:
