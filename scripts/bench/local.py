@@ -1,5 +1,7 @@
 """Benchmark: raw onnxruntime-genai in-process vs the daemon over HTTP (OpenAI SSE).
 
+Both on the CPU execution provider with the same thread count (the usable cores).
+
 Prints one table: time to first token and decode tokens/s for a single stream, and the
 aggregate tokens/s at 1, 2, 4 and 8 concurrent streams through the daemon. Engines are
 measured alternately, round by round, so machine noise hits both alike; medians are shown.
@@ -26,6 +28,8 @@ import numpy as np
 import onnxruntime_genai as og
 from bench_common import REPO, ensure_model
 
+from agent.hardware.profile import detect
+
 PROMPT_TOKENS = 128
 
 
@@ -43,7 +47,12 @@ class RawEngine:
 
     def __init__(self, variant: Path, max_length: int) -> None:
         config = og.Config(str(variant))
-        config.overlay(json.dumps({"search": {"max_length": max_length}}))
+        threads = detect().usable_cores  # what the daemon uses by default
+        session = {"intra_op_num_threads": threads}
+        config.overlay(
+            json.dumps({"model": {"decoder": {"session_options": session}},
+                        "search": {"max_length": max_length}})
+        )  # fmt: skip
         config.clear_providers()
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
@@ -71,6 +80,7 @@ class Daemon:
     def __init__(self, model: Path, max_length: int) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", "serve", "--model", str(model), "--http-port", "0",
+             "--provider", "cpu",
              "--max-context", str(max_length), "--max-batch", "8", "--log-format", "json"],
             cwd=REPO,
             stderr=subprocess.PIPE,
