@@ -286,10 +286,18 @@ class LocalEngine:
                 if job.cancel_requested and not job.cancel_sent and job.og_request is not None:
                     job.og_request.cancel_turn(job.turn_id)
                     job.cancel_sent = True
-            for event in engine.run(events):
-                job = next((j for j in active if j.og_request is event.request), None)
-                if job is not None and self._on_event(job, event):
-                    active.remove(job)
+            try:
+                for event in engine.run(events):
+                    job = next((j for j in active if j.og_request is event.request), None)
+                    if job is not None and self._on_event(job, event):
+                        active.remove(job)
+            except Exception as exc:  # the batch fails, the owner thread and queue live on
+                log.error("engine step failed", error=str(exc), batch=len(active))
+                for job in active:
+                    if not job.finished:
+                        self._finish(job, FinishReason.ERROR, error=f"engine step failed: {exc}")
+                    job.og_request.close()
+                active = []
             self.steps += 1
             self._running = len(active)
         for job in active:

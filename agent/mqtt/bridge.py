@@ -184,6 +184,10 @@ class MqttBridge:
         except asyncio.CancelledError:
             self._inflight.pop(key, None)  # shutting down: unacked, so redelivered later
             raise
+        except Exception as exc:  # a bug must cost one request, not the bridge
+            log.exception("mqtt request failed", correlation=key)
+            error = EngineError("internal_error", f"The gateway failed on this request: {exc}")
+            self._finish(key, route, messages.rejected(route, error))
 
     async def _run(self, key, route, body, entry: _InFlight, deadline: float | None) -> None:
         request = replace(body.to_internal(), request_id=key)
