@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--first-token-timeout-s", type=float, help="for --cloud endpoints")
     serve.add_argument("--latency-budget-s", type=float)
     serve.add_argument("--memory-reserve-mb", type=float)
+    serve.add_argument("--cpu-enter-percent", type=float, help="100 turns the CPU signal off")
     serve.add_argument("--memory-resume-mb", type=float)
     serve.add_argument("--governor-interval-s", type=float)
     serve.add_argument("--breaker-failures", type=int)
@@ -113,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
             "default_route",
             "latency_budget_s",
             "memory_reserve_mb",
+            "cpu_enter_percent",
             "memory_resume_mb",
             "governor_interval_s",
             "breaker_failures",

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     latency_budget_s: float = Field(30.0, gt=0, description="longest acceptable local wait")
     memory_reserve_mb: float = Field(256, ge=0, description="short of memory below this")
     memory_resume_mb: float = Field(512, ge=0, description="until this much is free again")
-    cpu_enter_percent: float = Field(95, gt=0, le=100)
+    cpu_enter_percent: float = Field(95, gt=0, le=100, description="100 turns it off")
     cpu_leave_percent: float = Field(80, gt=0, le=100)
     temperature_enter_c: float = 85
     temperature_leave_c: float = 80

@@ -76,8 +76,9 @@ def test_cloud_only_over_each_api_kind(daemon_factory, cloud: Daemon, kind: str)
 
 
 def test_local_only_never_leaves_the_gateway(daemon_factory, cloud: Daemon) -> None:
+    # The CPU signal is off: the test's own processes share this machine's cores.
     gateway = daemon_factory("--cloud", f"openai={cloud.url}/v1", "--max-batch", "1",
-                             "--max-queue", "0", *LONG)  # fmt: skip
+                             "--max-queue", "0", "--cpu-enter-percent", "100", *LONG)  # fmt: skip
     before = served(cloud)
     with httpx.Client(timeout=60) as client, client.stream(
         "POST", f"{gateway.url}/v1/chat/completions",
@@ -114,6 +115,7 @@ def test_memory_pressure_moves_traffic_to_the_cloud_and_back(daemon_factory, clo
         "--memory-reserve-mb", str(int(available_mb - 3000)),
         "--memory-resume-mb", str(int(available_mb - 2000)),
         "--governor-interval-s", "0.1",
+        "--cpu-enter-percent", "100",  # only memory may decide here
     )  # fmt: skip
 
     def memory_short() -> bool:
@@ -153,7 +155,8 @@ def test_hysteresis_keeps_a_signal_from_flapping() -> None:
 
 def test_latency_budget_spills_a_burst_to_the_cloud(daemon_factory, cloud: Daemon) -> None:
     gateway = daemon_factory("--cloud", f"openai={cloud.url}/v1", "--max-batch", "1",
-                             "--latency-budget-s", "0.2", *LONG)  # fmt: skip
+                             "--latency-budget-s", "0.2", "--cpu-enter-percent", "100",
+                             *LONG)  # fmt: skip
     assert chat(gateway, max_tokens=3000).headers["x-edge-backend"] == "local"  # learns timing
     results: list[httpx.Response] = []
     lock = threading.Lock()

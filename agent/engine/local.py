@@ -268,8 +268,7 @@ class LocalEngine:
         except Exception as exc:
             loaded.set_exception(exc)
             return
-        self._engine, self._owner_tokenizer = engine, tokenizer
-        self._tokenizer = tokenizer
+        self._engine, self._tokenizer = engine, tokenizer
         loaded.set_result(None)
         events = engine.create_event_buffer(256)
         active: list[_Job] = []
@@ -410,7 +409,7 @@ class LocalEngine:
             if job.og_request is not None:
                 job.og_request.close()
             return False
-        job.stream = self._owner_tokenizer.create_stream()
+        job.stream = self._tokenizer.create_stream()
         job.stop = StopMatcher(job.request.sampling.stop)
         return True
 

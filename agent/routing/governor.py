@@ -23,7 +23,8 @@ MIB = 1024 * 1024
 
 @dataclass
 class Signal:
-    """Short once the value crosses `enter`, back to normal only past `leave`."""
+    """Short once the value is past `enter`, back to normal only past `leave` (an `enter`
+    of 100 % for CPU, say, can never be passed: the signal is off)."""
 
     name: str
     enter: float
@@ -37,9 +38,9 @@ class Signal:
         if value is None:
             self.short = False
         elif self.worse_above:
-            self.short = value >= self.enter if not self.short else value > self.leave
+            self.short = value > self.enter if not self.short else value > self.leave
         else:
-            self.short = value <= self.enter if not self.short else value < self.leave
+            self.short = value < self.enter if not self.short else value < self.leave
 
 
 @dataclass(frozen=True)
