@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--root", type=Path, default=Path("/"), help="read a recorded tree")
     detect.add_argument("--model", type=Path, help="model directory (default: bundled)")
 
+    fleet = commands.add_parser("fleet", help="watch every gateway on a broker")
+    fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True)
+    fleet_watch = fleet_commands.add_parser("watch", help="live table of gateways")
+    fleet_watch.add_argument("--mqtt-url", required=True)
+    fleet_watch.add_argument("--prefix", default="edge-agent/v1")
+    fleet_watch.add_argument("--json", action="store_true", help="one JSON line per update")
+
     status = commands.add_parser("status", help="show a running daemon's status")
     status.add_argument("--url", default=url)
     return parser
@@ -94,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_chat(args))
     if args.command == "detect":
         sys.exit(_detect(args))
+    if args.command == "fleet":
+        sys.exit(_fleet(args))
     sys.exit(_status(args))
 
 
@@ -208,3 +217,13 @@ def _cloud_flag(spec: str, first_token_timeout_s: float | None) -> dict[str, Any
     if first_token_timeout_s is not None:
         fields["first_token_timeout_s"] = first_token_timeout_s
     return fields
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from agent.telemetry.fleet import watch
+
+    try:
+        watch(args.mqtt_url, args.prefix, args.json)
+    except KeyboardInterrupt:
+        return 0
+    return 0

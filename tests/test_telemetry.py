@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_daemon
+from agent.telemetry.fleet import FleetView
+from tests.conftest import REPO, start_daemon
 from tests.mqtt_support import Broker, Device
 
 ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Hello, gateway!"}]}
@@ -66,3 +72,70 @@ def test_metrics_and_telemetry_count_http_and_mqtt_traffic(tmp_path) -> None:
     finally:
         daemon.stop()
         broker.stop()
+
+
+def test_fleet_watch_sees_three_gateways_and_flags_a_killed_one(tmp_path) -> None:
+    broker = Broker(tmp_path).start()
+    gateways = {
+        name: start_daemon(
+            "--mqtt-url", broker.url, "--device-id", name, "--telemetry-interval-s", "1"
+        )
+        for name in ("gw-a", "gw-b", "gw-c")
+    }
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "agent", "fleet", "watch", "--mqtt-url", broker.url, "--json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        rows: dict[str, dict] = {}
+
+        def read_until(done) -> None:
+            for line in watcher.stdout:
+                row = json.loads(line)
+                rows[row["device_id"]] = row
+                if done():
+                    return
+            raise AssertionError(f"fleet watch ended early: {rows}")
+
+        read_until(lambda: len(rows) == 3 and all(r["state"] == "ready" for r in rows.values()))
+        assert {r["model"] for r in rows.values()} == {"tiny"}
+        gateways["gw-b"].process.send_signal(signal.SIGKILL)
+        gateways["gw-b"].process.wait(10)
+        read_until(lambda: rows["gw-b"]["state"] == "lost")
+        assert rows["gw-a"]["state"] == rows["gw-c"]["state"] == "ready"
+    finally:
+        watcher.kill()
+        for daemon in gateways.values():
+            if daemon.process.poll() is None:
+                daemon.stop()
+        broker.stop()
+
+
+def test_fleet_view_rates_and_overdue_marks() -> None:
+    view = FleetView()
+    view.on_status("gw-1", {"state": "ready", "model": "tiny", "provider": "cpu"}, now=100)
+
+    def document(ts: float, requests: int, tokens: int, fallbacks: int) -> dict:
+        return {
+            "ts": ts,
+            "interval_s": 1,
+            "latency_s": {"ttft": {"p95": 0.25}},
+            "metrics": {
+                "requests_total": {"backend=local,outcome=stop": requests},
+                "generation_tokens_total": {"backend=local": tokens},
+                "fallbacks_total": {"reason=memory": fallbacks},
+                "memory_available_bytes": 512 * 2**20,
+            },
+        }
+
+    view.on_telemetry("gw-1", document(100, 10, 100, 0), now=100)
+    row = view.on_telemetry("gw-1", document(102, 14, 180, 2), now=102)
+    assert (row.requests_per_s, row.tokens_per_s) == (2.0, 40.0)
+    assert row.fallback_share == 2 / 14 and row.p95_ttft_s == 0.25
+    assert row.memory_available_mib == 512
+    assert view.mark_overdue(now=103) == []
+    assert view.mark_overdue(now=105) == [row] and row.overdue
+    table = view.table()
+    assert "gw-1" in table and "OVERDUE" in table and "40.0" in table
