@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.telemetry.fleet import FleetView
-from tests.conftest import REPO, start_daemon
+from tests.conftest import REPO, Daemon, start_daemon
 from tests.mqtt_support import Broker, Device
 
 ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Hello, gateway!"}]}
@@ -139,3 +140,27 @@ def test_fleet_view_rates_and_overdue_marks() -> None:
     assert view.mark_overdue(now=105) == [row] and row.overdue
     table = view.table()
     assert "gw-1" in table and "OVERDUE" in table and "40.0" in table
+
+
+def test_grafana_dashboard_uses_only_metrics_the_daemon_exposes(daemon: Daemon) -> None:
+    dashboard = json.loads((REPO / "docker" / "grafana" / "edge-agent.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expressions += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    used = set(re.findall(r"edge_agent_[a-z0-9_]+", " ".join(expressions)))
+    assert len(used) >= 12
+    exposed = {sample.name for samples in scrape(daemon.url).values() for sample in samples}
+    # Families that only appear once something happened: a fallback, a cloud endpoint,
+    # an MQTT broker, a thermal sensor. Their names come from the same registry code.
+    conditional = {
+        "edge_agent_fallbacks_total",
+        "edge_agent_breaker_state",
+        "edge_agent_mqtt_connected",
+        "edge_agent_temperature_celsius",
+    }
+    httpx.post(f"{daemon.url}/v1/chat/completions", json={**ASK, "max_tokens": 3}, timeout=30)
+    exposed |= {sample.name for samples in scrape(daemon.url).values() for sample in samples}
+    missing = used - exposed - conditional
+    assert not missing, f"dashboard queries unknown metrics: {missing}"
+    source = (REPO / "agent" / "telemetry" / "metrics.py").read_text()
+    for name in conditional & used:
+        assert name.removesuffix("_total") in source
