@@ -13,6 +13,7 @@ import httpx
 
 from agent import __version__, log
 from agent.engine.cloud import CloudEndpoint
+from agent.engine.types import ROUTES
 from agent.models.local import ModelDirError
 from agent.settings import SettingsError, load_settings
 
@@ -42,9 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KIND=URL[#MODEL]",
         help="cloud endpoint, repeatable in priority order: openai=http://h:p/v1, ollama=http://h:p",
     )
-    serve.add_argument(
-        "--default-route", choices=["local_only", "prefer_local", "prefer_cloud", "cloud_only"]
-    )
+    serve.add_argument("--default-route", choices=ROUTES)
     serve.add_argument("--first-token-timeout-s", type=float, help="for --cloud endpoints")
     serve.add_argument("--latency-budget-s", type=float)
     serve.add_argument("--memory-reserve-mb", type=float)

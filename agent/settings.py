@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from agent.engine.cloud import CloudEndpoint
+from agent.engine.types import Route
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / "models" / "tiny"
@@ -87,9 +88,7 @@ class Settings(BaseSettings):
     profiles: dict[str, Profile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
     # Routing and cloud fallback
     cloud: list[CloudEndpoint] = Field(default_factory=list, description="in priority order")
-    default_route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] = (
-        "prefer_local"
-    )
+    default_route: Route = "prefer_local"
     latency_budget_s: float = Field(30.0, gt=0, description="longest acceptable local wait")
     memory_reserve_mb: float = Field(256, ge=0, description="short of memory below this")
     memory_resume_mb: float = Field(512, ge=0, description="until this much is free again")

@@ -6,15 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.api.openai import headers, routed_request
-from agent.api.streaming import collect, ndjson
-from agent.engine.types import ChatRequest, Chunk, Message, SamplingParams
+from agent.api.streaming import collect, headers, ndjson, routed_request
+from agent.engine.types import ChatRequest, Chunk, Message, Route, SamplingParams
 from agent.routing.router import Routed
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ class ChatBody(BaseModel):
     messages: list[OllamaMessage] = Field(default_factory=list)
     stream: bool = True
     options: Options = Field(default_factory=Options)
-    route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] | None = None
+    route: Route | None = None
 
 
 class GenerateBody(BaseModel):
@@ -76,7 +75,7 @@ class GenerateBody(BaseModel):
     raw: bool = False
     stream: bool = True
     options: Options = Field(default_factory=Options)
-    route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] | None = None
+    route: Route | None = None
 
 
 class ShowBody(BaseModel):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.api.streaming import collect, sse
-from agent.engine.types import ROUTES, ChatRequest, EngineError, Message, SamplingParams
+from agent.api.streaming import collect, headers, routed_request, sse
+from agent.engine.types import ChatRequest, EngineError, Message, Route, SamplingParams
 from agent.routing.router import Routed
 
 if TYPE_CHECKING:
@@ -54,7 +53,7 @@ class SamplingFields(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    route: Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"] | None = None
+    route: Route | None = None
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -116,26 +115,6 @@ class CompletionRequest(SamplingFields):
 
 def _service(request: Request) -> Service:
     return request.app.state.service
-
-
-def headers(routed: Routed) -> dict[str, str]:
-    return {
-        "X-Edge-Backend": routed.backend,
-        "X-Edge-Provider": routed.provider,
-        "X-Edge-Route-Reason": routed.reason,
-    }
-
-
-def routed_request(internal: ChatRequest, request: Request) -> ChatRequest:
-    """The X-Edge-Route header, when sent, overrides the body's `route`."""
-    header = request.headers.get("x-edge-route")
-    if header is None:
-        return internal
-    if header not in ROUTES:
-        raise EngineError(
-            "invalid_request", f"X-Edge-Route must be one of {', '.join(ROUTES)}", param="route"
-        )
-    return replace(internal, route=header)
 
 
 def _usage(usage: Any) -> dict[str, int]:

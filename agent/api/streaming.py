@@ -1,15 +1,16 @@
-"""Reading a routed reply to the end, or streaming it, with cancel on client disconnect."""
+"""Shared by the HTTP APIs: the route header in, the backend headers out, and reading a
+routed reply to the end (or streaming it) with cancel on client disconnect."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
-from agent.engine.types import Chunk, EngineError, FinishReason, Usage
+from agent.engine.types import ROUTES, ChatRequest, Chunk, EngineError, FinishReason, Usage
 from agent.routing.router import Routed
 
 
@@ -62,3 +63,23 @@ def sse(payload: dict | str) -> str:
 
 def ndjson(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":")) + "\n"
+
+
+def headers(routed: Routed) -> dict[str, str]:
+    return {
+        "X-Edge-Backend": routed.backend,
+        "X-Edge-Provider": routed.provider,
+        "X-Edge-Route-Reason": routed.reason,
+    }
+
+
+def routed_request(internal: ChatRequest, request: Request) -> ChatRequest:
+    """The X-Edge-Route header, when sent, overrides the body's `route`."""
+    header = request.headers.get("x-edge-route")
+    if header is None:
+        return internal
+    if header not in ROUTES:
+        raise EngineError(
+            "invalid_request", f"X-Edge-Route must be one of {', '.join(ROUTES)}", param="route"
+        )
+    return replace(internal, route=header)

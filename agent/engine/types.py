@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal, get_args
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ChatRequest:
     route: str | None = None  # local_only | prefer_local | prefer_cloud | cloud_only
 
 
-ROUTES = ("local_only", "prefer_local", "prefer_cloud", "cloud_only")
+Route = Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"]
+ROUTES: tuple[str, ...] = get_args(Route)
 
 
 class FinishReason(StrEnum):
