@@ -86,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     fleet_watch.add_argument("--mqtt-url", required=True)
     fleet_watch.add_argument("--prefix", default="edge-agent/v1")
     fleet_watch.add_argument("--json", action="store_true", help="one JSON line per update")
+    fleet_snapshot = fleet_commands.add_parser("snapshot", help="the fleet now, as JSON or PNG")
+    fleet_snapshot.add_argument("--mqtt-url", required=True)
+    fleet_snapshot.add_argument("--prefix", default="edge-agent/v1")
+    fleet_snapshot.add_argument("--png", type=Path, help="also render bar charts to this file")
+    fleet_snapshot.add_argument(
+        "--wait-s",
+        type=float,
+        default=130.0,
+        help="longest wait for two telemetry documents per gateway (default 130)",
+    )
 
     status = commands.add_parser("status", help="show a running daemon's status")
     status.add_argument("--url", default=url)
@@ -219,10 +229,23 @@ def _cloud_flag(spec: str, first_token_timeout_s: float | None) -> dict[str, Any
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from agent.telemetry.fleet import watch
+    from agent.telemetry.fleet import snapshot, watch
 
-    try:
-        watch(args.mqtt_url, args.prefix, args.json)
-    except KeyboardInterrupt:
+    if args.fleet_command == "watch":
+        try:
+            watch(args.mqtt_url, args.prefix, args.json)
+        except KeyboardInterrupt:
+            return 0
         return 0
+    view = snapshot(args.mqtt_url, args.prefix, args.wait_s)
+    for row in sorted(view.rows.values(), key=lambda r: r.device_id):
+        print(json.dumps(row.public()))
+    if args.png is not None:
+        from agent.telemetry.fleet_chart import ChartUnavailable, render
+
+        try:
+            render(view, args.png)
+        except ChartUnavailable as exc:
+            print(f"edge-agent: {exc}", file=sys.stderr)
+            return 1
     return 0

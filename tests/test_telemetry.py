@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import httpx
+import matplotlib.image
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.telemetry.fleet import FleetView
@@ -106,6 +107,20 @@ def test_fleet_watch_sees_three_gateways_and_flags_a_killed_one(tmp_path) -> Non
         gateways["gw-b"].process.wait(10)
         read_until(lambda: rows["gw-b"]["state"] == "lost")
         assert rows["gw-a"]["state"] == rows["gw-c"]["state"] == "ready"
+
+        png = tmp_path / "fleet.png"
+        snapshot = subprocess.run(
+            [sys.executable, "-m", "agent", "fleet", "snapshot", "--mqtt-url", broker.url,
+             "--png", str(png), "--wait-s", "30"],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        shown = {r["device_id"]: r for r in map(json.loads, snapshot.stdout.splitlines())}
+        assert {name: r["state"] for name, r in shown.items()} == {
+            "gw-a": "ready", "gw-b": "lost", "gw-c": "ready"
+        }  # fmt: skip
+        assert shown["gw-a"]["requests_per_s"] is not None  # two telemetry documents seen
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert matplotlib.image.imread(png).shape[:2] == (7 * 80, 15 * 80)
     finally:
         watcher.kill()
         for daemon in gateways.values():

@@ -1,4 +1,4 @@
-"""`edge-agent fleet watch`: every gateway's status and telemetry, live, from the broker."""
+"""`edge-agent fleet watch|snapshot`: every gateway's status and telemetry, from the broker."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,15 +116,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-def watch(url: str, prefix: str, as_json: bool, refresh_s: float = 1.0) -> None:
-    """Subscribe to every gateway's status and telemetry; print until interrupted."""
-    view = FleetView()
-    lock = threading.Lock()
+def _subscribe(
+    url: str,
+    prefix: str,
+    view: FleetView,
+    lock: threading.Lock,
+    on_row: Callable[[GatewayRow], None],
+) -> paho.Client:
+    """A started client feeding every gateway's status and telemetry into `view`."""
     address = BrokerAddress.parse(url)
-
-    def emit(row: GatewayRow) -> None:
-        if as_json:
-            print(json.dumps(row.public()), flush=True)
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:
         client.subscribe([(f"{prefix}/+/status", 1), (f"{prefix}/+/telemetry", 0)])
@@ -136,9 +137,9 @@ def watch(url: str, prefix: str, as_json: bool, refresh_s: float = 1.0) -> None:
         device_id, kind = message.topic.removeprefix(prefix + "/").rsplit("/", 1)
         with lock:
             if kind == "status":
-                emit(view.on_status(device_id, payload, time.time()))
+                on_row(view.on_status(device_id, payload, time.time()))
             else:
-                emit(view.on_telemetry(device_id, payload, time.time()))
+                on_row(view.on_telemetry(device_id, payload, time.time()))
 
     client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
     if address.username is not None:
@@ -149,6 +150,19 @@ def watch(url: str, prefix: str, as_json: bool, refresh_s: float = 1.0) -> None:
     client.on_message = on_message
     client.connect(address.host, address.port)
     client.loop_start()
+    return client
+
+
+def watch(url: str, prefix: str, as_json: bool, refresh_s: float = 1.0) -> None:
+    """Subscribe to every gateway's status and telemetry; print until interrupted."""
+    view = FleetView()
+    lock = threading.Lock()
+
+    def emit(row: GatewayRow) -> None:
+        if as_json:
+            print(json.dumps(row.public()), flush=True)
+
+    client = _subscribe(url, prefix, view, lock, emit)
     try:
         while True:
             time.sleep(refresh_s)
@@ -161,3 +175,29 @@ def watch(url: str, prefix: str, as_json: bool, refresh_s: float = 1.0) -> None:
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def snapshot(url: str, prefix: str, wait_s: float) -> FleetView:
+    """The fleet as it is now: retained statuses, and rates from two telemetry documents.
+
+    Returns once every live gateway has reported twice (rates need a difference), or after
+    `wait_s`, whichever comes first.
+    """
+    view = FleetView()
+    lock = threading.Lock()
+    complete = threading.Event()
+
+    def check(row: GatewayRow) -> None:
+        live = [r for r in view.rows.values() if r.state not in ("offline", "lost")]
+        if live and all(r.requests_per_s is not None for r in live):
+            complete.set()
+
+    client = _subscribe(url, prefix, view, lock, check)
+    try:
+        complete.wait(wait_s)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    with lock:
+        view.mark_overdue(time.time())
+        return view

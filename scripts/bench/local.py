@@ -7,7 +7,12 @@ aggregate tokens/s at 1, 2, 4 and 8 concurrent streams through the daemon. Engin
 measured alternately, round by round, so machine noise hits both alike; medians are shown.
 Not a test: this machine is shared and noisy, so numbers go in a table, never in asserts.
 
+With --telemetry it instead compares two daemons side by side: one publishing MQTT
+telemetry every second to a local Mosquitto while /metrics is scraped every second, one
+with neither; single-stream decode tokens/s, alternating round by round.
+
 Usage: python scripts/bench/local.py [--model models/bench] [--rounds 3] [--tokens 128]
+                                     [--telemetry]
 (builds models/bench with .venv-build/bin/python scripts/build_bench_model.py if missing)
 """
 
@@ -18,6 +23,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +32,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime_genai as og
-from bench_common import REPO, ensure_model
+from bench_common import REPO, ensure_model, start_broker
 
 from agent.hardware.profile import detect
 
@@ -77,11 +83,12 @@ class RawEngine:
 
 
 class Daemon:
-    def __init__(self, model: Path, max_length: int) -> None:
+    def __init__(self, model: Path, max_length: int, *extra: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", "serve", "--model", str(model), "--http-port", "0",
              "--provider", "cpu",
-             "--max-context", str(max_length), "--max-batch", "8", "--log-format", "json"],
+             "--max-context", str(max_length), "--max-batch", "8", "--log-format", "json",
+             *extra],
             cwd=REPO,
             stderr=subprocess.PIPE,
             text=True,
@@ -131,13 +138,65 @@ class Daemon:
         self.process.wait(30)
 
 
+class Scraper:
+    """Reads a daemon's /metrics every second, as Prometheus would, until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.stop = threading.Event()
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self._loop, args=(url,), daemon=True)
+        self.thread.start()
+
+    def _loop(self, url: str) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.wait(1.0):
+                client.get(f"{url}/metrics").raise_for_status()
+                self.scrapes += 1
+
+
+def telemetry_overhead(model: Path, variant: Path, rounds: int, tokens: int) -> None:
+    """Decode tok/s with telemetry on vs off, two daemons measured alternately."""
+    max_length = PROMPT_TOKENS + tokens + 64
+    prompt = prompt_text(og.Tokenizer(og.Model(str(variant))))
+    with tempfile.TemporaryDirectory() as scratch:
+        broker, port = start_broker(Path(scratch))
+        on = Daemon(model, max_length, "--mqtt-url", f"mqtt://127.0.0.1:{port}",
+                    "--telemetry-interval-s", "1", "--device-id", "bench")  # fmt: skip
+        off = Daemon(model, max_length)
+        scraper = Scraper(on.url)
+        runs: dict[str, list[float]] = {"on": [], "off": []}
+        try:
+            on.stream(prompt, 8), off.stream(prompt, 8)  # warm-up
+            for round_no in range(rounds):  # A B B A ...: neither side always goes first
+                order = [("on", on), ("off", off)][:: 1 if round_no % 2 == 0 else -1]
+                for name, daemon in order:
+                    runs[name].append(daemon.stream(prompt, tokens)[1])
+        finally:
+            scraper.stop.set()
+            on.stop(), off.stop()
+            broker.terminate()
+    on_tps, off_tps = statistics.median(runs["on"]), statistics.median(runs["off"])
+    print(f"\nbench model {variant}, {tokens} greedy tokens, {rounds} alternating rounds,")
+    print(
+        f"medians; telemetry on = MQTT telemetry every 1 s + {scraper.scrapes} /metrics scrapes\n"
+    )
+    print("| telemetry | decode tok/s | vs off |")
+    print("| --- | --- | --- |")
+    print(f"| off | {off_tps:.1f} | 1.000 |")
+    print(f"| on | {on_tps:.1f} | {on_tps / off_tps:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "bench")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--telemetry", action="store_true", help="telemetry on vs off instead")
     args = parser.parse_args()
     variant = ensure_model(args.model)
+    if args.telemetry:
+        telemetry_overhead(args.model, variant, args.rounds, args.tokens)
+        return
     max_length = PROMPT_TOKENS + args.tokens + 64
     raw = RawEngine(variant, max_length)
     prompt = prompt_text(raw.tokenizer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import shutil
 import socket
 import statistics
 import subprocess
@@ -26,35 +25,11 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as paho
-from bench_common import REPO
+from bench_common import REPO, start_broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_broker(directory: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    config = directory / "mosquitto.conf"
-    # set_tcp_nodelay: without it the broker holds small packets for delayed ACKs (~40 ms).
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n")
-    broker = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(500):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return broker, port
-        time.sleep(0.01)
-    raise RuntimeError("mosquitto did not start")
 
 
 def start_daemon(port: int) -> tuple[subprocess.Popen, str]:
