@@ -54,6 +54,7 @@ class Service:
                 max_context=settings.max_context,
                 max_batch=settings.max_batch,
                 max_queue=settings.max_queue,
+                max_tool_calls=settings.max_tool_calls,
                 default_max_tokens=settings.default_max_tokens,
                 retry_after_s=settings.retry_after_s,
                 batch_window_s=settings.batch_window_ms / 1000,

@@ -40,6 +40,10 @@ class Profile(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     repetition_penalty: float | None = Field(None, gt=0.0)
     stop: list[str] = Field(default_factory=list)
+    tool_choice: Literal["auto", "none", "required"] | None = Field(
+        None,
+        description="when the client sends tools but no tool_choice (device control: required)",
+    )
 
 
 DEFAULT_PROFILES: dict[str, Profile] = {
@@ -80,6 +84,9 @@ class Settings(BaseSettings):
     max_context: int = Field(4096, ge=16, description="cap on prompt + completion tokens")
     max_batch: int = Field(4, ge=1, le=64)
     max_queue: int = Field(16, ge=0)
+    max_tool_calls: int = Field(
+        8, ge=1, le=64, description="most parallel tool calls in one local reply"
+    )
     batch_window_ms: float = Field(
         10.0, ge=0.0, le=1000.0, description="gather concurrent arrivals"
     )

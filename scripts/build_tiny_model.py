@@ -32,10 +32,28 @@ VOCAB_SIZE = 640
 CONTEXT_LENGTH = 16384
 MAX_NEW_TOKENS = 24
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# ChatML, with tools in the Qwen/Hermes style: a tool list in the system turn, calls as
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call>, results in `tool` turns.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '# Tools\\nCall a function as <tool_call>{\"name\": NAME, \"arguments\": {...}}"
+    "</tool_call>\\n<tools>\\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor %}"
+    "{{ '</tools><|im_end|>\\n' }}{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\\n' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] %}{{ '<tool_call>' }}"
+    "{{ {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson }}"
+    "{{ '</tool_call>' }}{% endfor %}{{ '<|im_end|>\\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|im_start|>tool\\n<tool_response>' + message['content'] }}"
+    "{{ '</tool_response><|im_end|>\\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
+    "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 REFERENCE_PROMPTS = [
@@ -211,6 +229,11 @@ description = "Random-weight tiny Llama with a byte-level BPE tokenizer (smoke t
 source = "scripts/build_tiny_model.py"
 context_length = {context_length}
 aliases = ["tiny:latest"]
+
+[tool_calls]  # how the chat template writes calls
+start = "<tool_call>"
+end = "</tool_call>"
+format = "object"
 
 [[variants]]
 name = "cpu-int4"

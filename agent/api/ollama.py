@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,8 +13,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.api.openai import ToolIn
 from agent.api.streaming import collect, headers, ndjson, routed_request
-from agent.engine.types import ChatRequest, Chunk, Message, Route, SamplingParams
+from agent.engine.types import (
+    ChatRequest,
+    Chunk,
+    EngineError,
+    Message,
+    ResponseFormat,
+    Route,
+    SamplingParams,
+    Tool,
+    ToolCall,
+)
 from agent.routing.router import Routed
 
 if TYPE_CHECKING:
@@ -49,11 +61,45 @@ class Options(BaseModel):
         )
 
 
+class OllamaFunctionCall(BaseModel):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    function: OllamaFunctionCall
+
+
 class OllamaMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
     content: str = ""
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None
+
+    def to_internal(self) -> Message:
+        calls = tuple(
+            ToolCall(c.id or ToolCall.new_id(), c.function.name, json.dumps(c.function.arguments))
+            for c in self.tool_calls or ()
+        )
+        return Message(self.role, self.content, calls, name=self.tool_name)
+
+
+def response_format(format: str | dict[str, Any] | None) -> ResponseFormat | None:
+    """Ollama's `format`: "json" for any JSON, or a JSON schema."""
+    if format in (None, ""):
+        return None
+    if format == "json":
+        return ResponseFormat("json_object")
+    if isinstance(format, dict):
+        return ResponseFormat("json_schema", format)
+    raise EngineError(
+        "invalid_request", f'format must be "json" or a JSON schema, not {format!r}', param="format"
+    )
 
 
 class ChatBody(BaseModel):
@@ -64,6 +110,8 @@ class ChatBody(BaseModel):
     stream: bool = True
     options: Options = Field(default_factory=Options)
     route: Route | None = None
+    tools: list[ToolIn] | None = None
+    format: str | dict[str, Any] | None = None
 
 
 class GenerateBody(BaseModel):
@@ -76,6 +124,7 @@ class GenerateBody(BaseModel):
     stream: bool = True
     options: Options = Field(default_factory=Options)
     route: Route | None = None
+    format: str | dict[str, Any] | None = None
 
 
 class ShowBody(BaseModel):
@@ -125,9 +174,14 @@ async def chat(body: ChatBody, request: Request) -> Any:
     started = time.perf_counter()
     internal = ChatRequest(
         model=body.model,
-        messages=tuple(Message(m.role, m.content) for m in body.messages),
+        messages=tuple(m.to_internal() for m in body.messages),
         sampling=body.options.sampling(),
         route=body.route,
+        tools=tuple(
+            Tool(t.function.name, t.function.description, t.function.parameters)
+            for t in body.tools or ()
+        ),
+        response_format=response_format(body.format),
     )
     if not internal.messages:  # Ollama: an empty chat just loads the model
         _service(request).names.resolve(body.model)
@@ -140,13 +194,24 @@ async def chat(body: ChatBody, request: Request) -> Any:
         }
     routed = await _service(request).router.submit(routed_request(internal, request))
 
-    def message(text: str) -> dict:
-        return {"role": "assistant", "content": text}
+    def message(text: str, calls: tuple[ToolCall, ...] = ()) -> dict:
+        entry: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            entry["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": _arguments(c.arguments)}} for c in calls
+            ]
+        return entry
 
     if body.stream:
-        return _ndjson_stream(routed, body.model, started, lambda t: {"message": message(t)})
+        return _ndjson_stream(
+            routed, body.model, started, lambda t, calls=(): {"message": message(t, calls)}
+        )
     done = await collect(request, routed)
-    payload = {"model": body.model, "created_at": _now(), "message": message(done.text)}
+    payload = {
+        "model": body.model,
+        "created_at": _now(),
+        "message": message(done.text, done.final.tool_calls),
+    }
     return JSONResponse({**payload, **_final_fields(done.final, started)}, headers=headers(routed))
 
 
@@ -162,9 +227,14 @@ async def generate(body: GenerateBody, request: Request) -> Any:
             "done": True,
             "done_reason": "load",
         }
+    output = response_format(body.format)
     if body.raw:
         internal = ChatRequest(
-            model=body.model, prompt=body.prompt, sampling=body.options.sampling(), route=body.route
+            model=body.model,
+            prompt=body.prompt,
+            sampling=body.options.sampling(),
+            route=body.route,
+            response_format=output,
         )
     else:
         system = (Message("system", body.system),) if body.system else ()
@@ -173,10 +243,11 @@ async def generate(body: GenerateBody, request: Request) -> Any:
             messages=(*system, Message("user", body.prompt)),
             sampling=body.options.sampling(),
             route=body.route,
+            response_format=output,
         )
     routed = await _service(request).router.submit(routed_request(internal, request))
     if body.stream:
-        return _ndjson_stream(routed, body.model, started, lambda t: {"response": t})
+        return _ndjson_stream(routed, body.model, started, lambda t, calls=(): {"response": t})
     done = await collect(request, routed)
     payload = {"model": body.model, "created_at": _now(), "response": done.text}
     return JSONResponse({**payload, **_final_fields(done.final, started)}, headers=headers(routed))
@@ -186,9 +257,14 @@ def _ndjson_stream(routed: Routed, model: str, started: float, body: Any) -> Str
     async def lines() -> AsyncIterator[str]:
         async for chunk in routed.chunks:
             if chunk.finish_reason is not None:
-                if chunk.text:
+                if chunk.text or chunk.tool_calls:
                     yield ndjson(
-                        {"model": model, "created_at": _now(), **body(chunk.text), "done": False}
+                        {
+                            "model": model,
+                            "created_at": _now(),
+                            **body(chunk.text, chunk.tool_calls),
+                            "done": False,
+                        }
                     )
                 yield ndjson(
                     {
@@ -204,6 +280,14 @@ def _ndjson_stream(routed: Routed, model: str, started: float, body: Any) -> Str
                 )
 
     return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers(routed))
+
+
+def _arguments(text: str) -> Any:
+    """Ollama sends call arguments as an object, not as JSON text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _model_entry(service: Service, name: str) -> dict[str, Any]:
@@ -272,6 +356,6 @@ async def show(body: ShowBody, request: Request) -> Any:
             "edge_agent.variant": info.variant,
             "edge_agent.provider": service.engine.provider,
         },
-        "capabilities": ["completion"],
+        "capabilities": ["completion", "tools"],
         "modified_at": _model_entry(service, name)["modified_at"],
     }

@@ -11,8 +11,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.api.streaming import collect, headers, routed_request, sse
-from agent.engine.types import ChatRequest, EngineError, Message, Route, SamplingParams
+from agent.api.streaming import Completed, collect, headers, routed_request, sse
+from agent.engine.types import (
+    ChatRequest,
+    EngineError,
+    Message,
+    ResponseFormat,
+    Route,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from agent.routing.router import Routed
 
 if TYPE_CHECKING:
@@ -26,11 +36,80 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCallIn(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def to_internal(self) -> Message:
+        content = self.content
+        text = content if isinstance(content, str) else "".join(p.text for p in content or [])
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+        )
+        role = "system" if self.role == "developer" else self.role
+        return Message(role, text, calls, self.tool_call_id, self.name)
+
+
+class FunctionIn(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class ToolIn(BaseModel):
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaIn(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = "output"
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaIn | None = None
+
+    def to_internal(self) -> ResponseFormat | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return ResponseFormat("json_object")
+        if self.json_schema is None:
+            raise EngineError(
+                "invalid_request",
+                "response_format.json_schema is required when type is json_schema",
+                param="response_format",
+            )
+        return ResponseFormat("json_schema", self.json_schema.schema_)
 
 
 class StreamOptions(BaseModel):
@@ -75,21 +154,45 @@ class SamplingFields(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormatIn | None = None
 
     def to_internal(self) -> ChatRequest:
-        messages = tuple(
-            Message(
-                role="system" if m.role == "developer" else m.role,
-                content=m.content
-                if isinstance(m.content, str)
-                else "".join(part.text for part in m.content or []),
-            )
-            for m in self.messages
-        )
         limit = self.max_completion_tokens or self.max_tokens
         return ChatRequest(
-            model=self.model, messages=messages, sampling=self.sampling(limit), route=self.route
+            model=self.model,
+            messages=tuple(m.to_internal() for m in self.messages),
+            sampling=self.sampling(limit),
+            route=self.route,
+            tools=tuple(
+                Tool(t.function.name, t.function.description, t.function.parameters)
+                for t in self.tools or ()
+            ),
+            tool_choice=self._tool_choice(),
+            parallel_tool_calls=self.parallel_tool_calls,
+            response_format=self.response_format.to_internal() if self.response_format else None,
         )
+
+    def _tool_choice(self) -> ToolChoice | None:
+        names = [t.function.name for t in self.tools or ()]
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in names:
+                raise EngineError(
+                    "invalid_request",
+                    f"tool_choice names {choice.function.name!r}, which is not in tools "
+                    f"({', '.join(names) or 'none given'})",
+                    param="tool_choice",
+                )
+            return ToolChoice("required", choice.function.name)
+        if choice == "required" and not names:
+            raise EngineError(
+                "invalid_request", "tool_choice is required but no tools were given",
+                param="tool_choice",
+            )  # fmt: skip
+        return ToolChoice(choice) if choice else None
 
 
 class CompletionRequest(SamplingFields):
@@ -125,6 +228,21 @@ def _usage(usage: Any) -> dict[str, int]:
     }
 
 
+def tool_calls_json(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+def _chat_choice(done: Completed) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": done.text}
+    if done.final.tool_calls:
+        message["content"] = done.text or None
+        message["tool_calls"] = tool_calls_json(done.final.tool_calls)
+    return {"message": message}
+
+
 @router.get("/models")
 async def list_models(request: Request) -> dict:
     service = _service(request)
@@ -146,7 +264,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         prefix="chatcmpl",
         kind="chat.completion",
         events=_chat_events,
-        choice=lambda text: {"message": {"role": "assistant", "content": text}},
+        choice=_chat_choice,
     )
 
 
@@ -158,7 +276,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         prefix="cmpl",
         kind="text_completion",
         events=_completion_events,
-        choice=lambda text: {"text": text},
+        choice=lambda done: {"text": done.text},
     )
 
 
@@ -169,7 +287,7 @@ async def _respond(
     prefix: str,
     kind: str,
     events: Callable[..., AsyncIterator[str]],
-    choice: Callable[[str], dict],
+    choice: Callable[[Completed], dict],
 ) -> Any:
     """Route the request, then stream SSE events or answer with one JSON document."""
     routed = await _service(request).router.submit(routed_request(body.to_internal(), request))
@@ -190,7 +308,7 @@ async def _respond(
         "choices": [
             {
                 "index": 0,
-                **choice(done.text),
+                **choice(done),
                 "logprobs": None,
                 "finish_reason": done.final.finish_reason.value,
             }
@@ -223,6 +341,8 @@ async def _chat_events(
             yield sse(event({"content": chunk.text}))
         if chunk.finish_reason is None:
             continue
+        for index, call in enumerate(tool_calls_json(chunk.tool_calls)):
+            yield sse(event({"tool_calls": [{"index": index, **call}]}))
         if chunk.error:
             yield sse(
                 {"error": {"message": chunk.error, "type": "server_error", "code": "engine_error"}}

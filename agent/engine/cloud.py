@@ -4,21 +4,36 @@ and Usage types as the local engine."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import httpx
 import ollama
 import openai
 
-from agent.engine.types import ChatRequest, Chunk, FinishReason, Timings, Usage
+from agent.engine.types import (
+    ChatRequest,
+    Chunk,
+    FinishReason,
+    Message,
+    ResponseFormat,
+    Timings,
+    Tool,
+    ToolCall,
+    Usage,
+)
 
 Kind = Literal["openai", "ollama"]
-_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+_REASONS = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+}
 
 
 @dataclass(frozen=True)
@@ -106,9 +121,13 @@ class CloudBackend:
         if request.prompt is not None:
             events = await self._openai.completions.create(prompt=request.prompt, **common)
         else:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            events = await self._openai.chat.completions.create(messages=messages, **common)
+            events = await self._openai.chat.completions.create(
+                messages=[openai_message(m) for m in request.messages],
+                **common,
+                **openai_tool_fields(request),
+            )
         reason, usage = FinishReason.STOP, None
+        calls: dict[int, dict[str, str]] = {}  # streamed call pieces, by index
         async for event in events:
             if event.usage is not None:
                 usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
@@ -116,12 +135,18 @@ class CloudBackend:
                 text = getattr(choice, "text", None)
                 if text is None:
                     text = choice.delta.content or ""
+                    for piece in choice.delta.tool_calls or ():
+                        _merge_call_piece(calls.setdefault(piece.index, {}), piece)
                 if text:
                     clock.token()
                     yield Chunk(text=text)
                 if choice.finish_reason:
                     reason = _REASONS.get(choice.finish_reason, FinishReason.STOP)
-        yield clock.final(reason, usage)
+        tool_calls = tuple(
+            ToolCall(c.get("id") or ToolCall.new_id(), c.get("name", ""), c.get("arguments", "{}"))
+            for _, c in sorted(calls.items())
+        )
+        yield clock.final(reason, usage, tool_calls=tool_calls)
 
     async def _stream_ollama(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         sampling = request.sampling
@@ -136,30 +161,113 @@ class CloudBackend:
         }
         options = {k: v for k, v in options.items() if v is not None}
         clock = _Clock()
+        output = ollama_format(request.response_format)
         if request.prompt is not None:
             parts = await self._ollama.generate(
                 model=self._model(request),
                 prompt=request.prompt,
                 raw=True,
                 options=options,
+                format=output,
                 stream=True,
             )
         else:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
             parts = await self._ollama.chat(
-                model=self._model(request), messages=messages, options=options, stream=True
+                model=self._model(request),
+                messages=[ollama_message(m) for m in request.messages],
+                tools=[openai_tool(t) for t in request.tools] if request.calls_tools else None,
+                options=options,
+                format=output,
+                stream=True,
             )
+        tool_calls: list[ToolCall] = []
         async for part in parts:
-            text = part.message.content if hasattr(part, "message") else part.response
+            message = getattr(part, "message", None)
+            text = message.content if message is not None else part.response
+            for call in (message.tool_calls if message is not None else None) or ():
+                arguments = json.dumps(dict(call.function.arguments))
+                tool_calls.append(ToolCall(ToolCall.new_id(), call.function.name, arguments))
             if text:
                 clock.token()
                 yield Chunk(text=text)
             if part.done:
                 reason = _REASONS.get(part.done_reason or "stop", FinishReason.STOP)
+                if tool_calls and reason == FinishReason.STOP:
+                    reason = FinishReason.TOOL_CALLS
                 usage = Usage(part.prompt_eval_count or 0, part.eval_count or 0)
-                yield clock.final(reason, usage)
+                yield clock.final(reason, usage, tool_calls=tuple(tool_calls))
                 return
         yield clock.final(FinishReason.ERROR, None, "the stream ended without `done`")
+
+
+# ---- request conversion: the caller's tools and formats, in each API's shape -------------
+
+
+def openai_tool(tool: Tool) -> dict[str, Any]:
+    function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+    return {"type": "function", "function": function}
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        entry["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        entry["tool_call_id"] = message.tool_call_id
+    return entry
+
+
+def openai_tool_fields(request: ChatRequest) -> dict[str, Any]:
+    """tools, tool_choice, parallel_tool_calls and response_format, as vLLM takes them."""
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [openai_tool(t) for t in request.tools]
+        choice = request.choice
+        fields["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}} if choice.name else choice.mode
+        )
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    output = request.response_format
+    if output is not None and output.kind == "json_object":
+        fields["response_format"] = {"type": "json_object"}
+    elif output is not None:
+        fields["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": output.schema},
+        }
+    return fields
+
+
+def ollama_message(message: Message) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        entry["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": json.loads(c.arguments or "{}")}}
+            for c in message.tool_calls
+        ]
+    if message.role == "tool" and message.name:
+        entry["tool_name"] = message.name
+    return entry
+
+
+def ollama_format(output: ResponseFormat | None) -> str | dict[str, Any] | None:
+    if output is None:
+        return None
+    return "json" if output.kind == "json_object" else output.schema
+
+
+def _merge_call_piece(call: dict[str, str], piece: Any) -> None:
+    """OpenAI streams a call as pieces: id and name first, then argument fragments."""
+    if piece.id:
+        call["id"] = piece.id
+    if piece.function is not None:
+        if piece.function.name:
+            call["name"] = call.get("name", "") + piece.function.name
+        if piece.function.arguments:
+            call["arguments"] = call.get("arguments", "") + piece.function.arguments
 
 
 class _Clock:
@@ -175,7 +283,13 @@ class _Clock:
         if not self.first:
             self.first = time.perf_counter()
 
-    def final(self, reason: FinishReason, usage: Usage | None, error: str | None = None) -> Chunk:
+    def final(
+        self,
+        reason: FinishReason,
+        usage: Usage | None,
+        error: str | None = None,
+        tool_calls: tuple[ToolCall, ...] = (),
+    ) -> Chunk:
         end = time.perf_counter()
         first = self.first or end
         decode = end - first
@@ -183,6 +297,7 @@ class _Clock:
         return Chunk(
             finish_reason=reason,
             error=error,
+            tool_calls=tool_calls,
             usage=usage or Usage(0, completion),
             timings=Timings(
                 queue_s=0.0,

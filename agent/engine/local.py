@@ -29,6 +29,7 @@ import onnxruntime_genai as og
 import structlog
 
 from agent.engine.stop import StopMatcher
+from agent.engine.tool_calls import Guidance, guidance_for, read_tool_calls, template_inputs
 from agent.engine.types import (
     ChatRequest,
     Chunk,
@@ -72,6 +73,7 @@ class EngineLimits:
     max_context: int = 4096
     max_batch: int = 4
     max_queue: int = 16
+    max_tool_calls: int = 8  # a small model can repeat calls until max_tokens otherwise
     default_max_tokens: int = 512
     retry_after_s: int = 2
     batch_window_s: float = 0.01
@@ -85,6 +87,7 @@ class _Job:
     prompt_ids: np.ndarray
     max_tokens: int
     loop: asyncio.AbstractEventLoop
+    guidance: Guidance | None = None
     out: asyncio.Queue[Chunk] = field(default_factory=asyncio.Queue)
     enqueued_at: float = field(default_factory=time.perf_counter)
     cancel_requested: bool = False
@@ -126,6 +129,7 @@ class LocalEngine:
         self.steps = 0  # engine steps run; grows while the owner thread makes progress
         self.finished: Counter[str] = Counter()  # requests ended, by finish reason
         self._tokenizer: og.Tokenizer | None = None
+        self._markup_tokens: dict[int, str] = {}  # special tokens that write call markup
         self._pending: deque[_Job] = deque()
         self._jobs: dict[str, _Job] = {}
         self._running = 0
@@ -168,9 +172,9 @@ class LocalEngine:
     def render_prompt(self, request: ChatRequest) -> str:
         if request.prompt is not None:
             return request.prompt
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages, tools = template_inputs(request, self.info.tool_markup)
         return self._require_tokenizer().apply_chat_template(
-            json.dumps(messages), add_generation_prompt=True
+            messages, tools=tools, add_generation_prompt=True
         )
 
     def tokenize(self, text: str) -> np.ndarray:
@@ -179,7 +183,10 @@ class LocalEngine:
     async def submit(self, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Admit the request (refusals raise EngineError here, before any reply starts)
         and return its stream of Chunks; closing the stream early cancels the generation."""
-        return self._stream(await self._admit(request))
+        chunks = self._stream(await self._admit(request))
+        if request.calls_tools:
+            return read_tool_calls(chunks, self.info.tool_markup)
+        return chunks
 
     async def _stream(self, job: _Job) -> AsyncIterator[Chunk]:
         try:
@@ -203,6 +210,8 @@ class LocalEngine:
     async def _admit(self, request: ChatRequest) -> _Job:
         if not self.ready:
             raise model_not_ready()
+        special = bool(self._markup_tokens)
+        guidance = guidance_for(request, self.info.tool_markup, special, self.limits.max_tool_calls)
         with self._cond:
             self._preparing += 1
         try:
@@ -212,6 +221,7 @@ class LocalEngine:
                 prompt_ids=prompt_ids,
                 max_tokens=self._max_tokens(request, len(prompt_ids)),
                 loop=asyncio.get_running_loop(),
+                guidance=guidance,
             )
             with self._cond:
                 idle_slots = self._batch_slots if self._running == 0 else 0
@@ -269,6 +279,7 @@ class LocalEngine:
             loaded.set_exception(exc)
             return
         self._engine, self._tokenizer = engine, tokenizer
+        self._markup_tokens = self._special_markup(tokenizer)
         loaded.set_result(None)
         events = engine.create_event_buffer(256)
         active: list[_Job] = []
@@ -377,6 +388,16 @@ class LocalEngine:
                 "static CPU engine fails on models built with prune_lm_head=true"
             )
 
+    def _special_markup(self, tokenizer: og.Tokenizer) -> dict[int, str]:
+        """Token -> text for call markup that is one special token (decoded as "")."""
+        markup = self.info.tool_markup
+        found = {}
+        for text in (markup.start, markup.end):
+            ids = list(tokenizer.encode(text))
+            if 1 <= len(ids) <= 2 and tokenizer.create_stream().decode(ids[-1]) == "":
+                found[int(ids[-1])] = text  # a tokenizer may put BOS in front
+        return found if len(found) == 2 else {}
+
     def _next_batch(self) -> list[_Job] | None:
         with self._cond:
             while not self._pending and not self._stopping:
@@ -426,6 +447,8 @@ class LocalEngine:
             options.set_top_k(sampling.top_k if sampling.top_k is not None else defaults.top_k)
         if sampling.repetition_penalty is not None:
             options.set_repetition_penalty(sampling.repetition_penalty)
+        if job.guidance is not None:
+            options.set_guidance(job.guidance.kind, job.guidance.data)
         return options
 
     def _on_event(self, job: _Job, event: og.EngineEvent) -> bool:
@@ -449,7 +472,10 @@ class LocalEngine:
         if job.completion_tokens == 0:
             job.first_token_at = now
         job.completion_tokens += 1
-        text = "" if token in self.info.eos_token_ids else job.stream.decode(token)
+        if token in self.info.eos_token_ids:
+            text = ""
+        else:
+            text = self._markup_tokens.get(token) or job.stream.decode(token)
         emit, stopped = job.stop.feed(text)
         if stopped:
             job.post(Chunk(text=emit, token_ids=(token,)))

@@ -5,13 +5,54 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made; `arguments` is JSON text, as in the OpenAI API."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @staticmethod
+    def new_id() -> str:
+        return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass(frozen=True)
 class Message:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # role "tool": the call this message answers
+    name: str | None = None  # role "tool": the function that produced it
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """`auto`: text or calls; `none`: text only; `required`: calls only (to `name` if set)."""
+
+    mode: Literal["auto", "none", "required"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output: any JSON object, or JSON valid against `schema`."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +78,19 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     route: str | None = None  # local_only | prefer_local | prefer_cloud | cloud_only
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: not given (auto, or the profile's)
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the reply may hold tool calls."""
+        return bool(self.tools) and self.choice.mode != "none"
+
+    @property
+    def choice(self) -> ToolChoice:
+        return self.tool_choice or ToolChoice()
 
 
 Route = Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"]
@@ -46,6 +100,7 @@ ROUTES: tuple[str, ...] = get_args(Route)
 class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
     CANCELLED = "cancelled"
     ERROR = "error"
 
@@ -79,6 +134,7 @@ class Chunk:
     text: str = ""
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # on the last chunk only
     usage: Usage | None = None
     timings: Timings | None = None
     error: str | None = None

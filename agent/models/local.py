@@ -10,7 +10,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class ModelDirError(ValueError):
@@ -29,6 +29,30 @@ class SearchDefaults:
 
 
 @dataclass(frozen=True)
+class ToolMarkup:
+    """How the model writes tool calls (manifest `[tool_calls]`).
+
+    `object`: one `start {"name":..,"arguments":{..}} end` block per call (Qwen, Hermes);
+    `array`: one block holding a JSON array of calls (Phi-4-mini:
+    `<|tool_call|>[...]<|/tool_call|>`). `tools_in_system`: the chat template reads the
+    tool list from the system message's `tools` field (Phi-4-mini) instead of `tools`.
+    """
+
+    start: str = "<tool_call>"
+    end: str = "</tool_call>"
+    format: Literal["object", "array"] = "object"
+    tools_in_system: bool = False
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ToolMarkup:
+        section = manifest.get("tool_calls", {})
+        markup = cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+        if markup.format not in ("object", "array"):
+            raise ModelDirError(f"tool_calls.format must be object or array, not {markup.format!r}")
+        return markup
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     path: Path
@@ -41,6 +65,7 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()
     kv_bytes_per_token: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
+    tool_markup: ToolMarkup = field(default_factory=ToolMarkup)
 
 
 def variant_providers(directory: Path) -> dict[str, str]:
@@ -71,6 +96,7 @@ def resolve_model(
             precision=chosen.get("precision", "unknown"),
             aliases=tuple(manifest.get("aliases", ())),
             manifest=manifest,
+            tool_markup=ToolMarkup.from_manifest(manifest),
         )
     if variant is not None:
         raise ModelDirError(f"{directory} has no manifest.toml, so no variant {variant!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TypeVar
 
-from agent.engine.types import ChatRequest, EngineError, Message, SamplingParams
+from agent.engine.types import ChatRequest, EngineError, Message, SamplingParams, ToolChoice
 from agent.models.local import ModelInfo
 from agent.settings import Profile
 
@@ -55,7 +55,10 @@ def apply_profile(request: ChatRequest, profile: Profile | None) -> ChatRequest:
     messages = request.messages
     if profile.system and request.prompt is None and not any(m.role == "system" for m in messages):
         messages = (Message("system", profile.system), *messages)
-    return replace(request, messages=messages, sampling=merged)
+    tool_choice = request.tool_choice
+    if tool_choice is None and profile.tool_choice is not None:
+        tool_choice = ToolChoice(profile.tool_choice)
+    return replace(request, messages=messages, sampling=merged, tool_choice=tool_choice)
 
 
 T = TypeVar("T")

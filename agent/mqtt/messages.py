@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from agent.api.openai import ChatCompletionRequest
+from agent.api.openai import ChatCompletionRequest, tool_calls_json
 from agent.engine.types import Chunk, EngineError
 from agent.mqtt.connection import Received
 
@@ -144,6 +144,8 @@ def final(
         "provider": provider,
         "route_reason": route_reason,
     }
+    if last is not None and last.tool_calls:
+        payload["tool_calls"] = tool_calls_json(last.tool_calls)
     if last is not None and last.error:
         payload["error"] = last.error
     return _tagged(route, payload)
