@@ -1,4 +1,4 @@
-"""Command line: `edge-agent serve | chat | status`."""
+"""Command line: `edge-agent serve | chat | status | detect | fleet | profiles`."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, dest="intra_op_num_threads")
     serve.add_argument("--max-context", type=int)
     serve.add_argument("--max-batch", type=int)
+    serve.add_argument("--fit-context", action="store_true", default=None)
     serve.add_argument("--max-queue", type=int)
+    serve.add_argument("--state-dir", type=Path, help="profiles and state kept across restarts")
+    serve.add_argument("--drain-timeout-s", type=float, help="on SIGTERM, for running requests")
+    serve.add_argument("--engine-stall-s", type=float, help="watchdog: longest busy engine step")
     serve.add_argument(
         "--cloud",
         action="append",
@@ -97,6 +101,58 @@ def _parser() -> argparse.ArgumentParser:
         help="longest wait for two telemetry documents per gateway (default 130)",
     )
 
+    profiles = commands.add_parser("profiles", help="profiles (Modelfiles) in the state dir")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", type=Path, help="TOML settings file")
+    where.add_argument("--state-dir", type=Path)
+    profile_commands = profiles.add_subparsers(dest="profiles_command", required=True)
+    profile_import = profile_commands.add_parser(
+        "import", parents=[where], help="create one from a Modelfile"
+    )
+    profile_import.add_argument("name")
+    profile_import.add_argument("-f", "--file", type=Path, required=True, help="the Modelfile")
+    profile_commands.add_parser("list", parents=[where], help="every profile and alias")
+    profile_show = profile_commands.add_parser(
+        "show", parents=[where], help="one profile as a Modelfile"
+    )
+    profile_show.add_argument("name")
+    profile_remove = profile_commands.add_parser(
+        "remove", parents=[where], help="delete a stored profile"
+    )
+    profile_remove.add_argument("name")
+
+    models = commands.add_parser("models", help="catalog, pull, verify, activate, convert")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--config", type=Path, help="TOML settings file")
+    store.add_argument("--state-dir", type=Path)
+    store.add_argument("--models-dir", type=Path)
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser("list", parents=[store], help="the catalog and what is installed")
+    model_pull = model_commands.add_parser("pull", parents=[store], help="download and verify")
+    model_pull.add_argument("name")
+    model_pull.add_argument("--variant", help="default: the best for this gateway's hardware")
+    model_pull.add_argument("--from", dest="source", type=Path, help="a local model folder")
+    model_pull.add_argument("--token-file", type=Path, help="Hugging Face token (or $HF_TOKEN)")
+    model_pull.add_argument("--activate", action="store_true", help="activate it once pulled")
+    for command, text in (("verify", "re-hash every file"), ("activate", "serve it"),
+                          ("remove", "delete it")):  # fmt: skip
+        sub = model_commands.add_parser(command, parents=[store], help=text)
+        sub.add_argument("name")
+        if command != "remove":
+            sub.add_argument("--version")
+    model_convert = model_commands.add_parser(
+        "convert", help="build an ONNX model with the onnxruntime-genai builder"
+    )
+    model_convert.add_argument("source", help="a Hugging Face folder or hub id")
+    model_convert.add_argument("--out", type=Path, required=True)
+    model_convert.add_argument("--name")
+    model_convert.add_argument("--precision", default="int4", choices=["int4", "fp16", "fp32"])
+    model_convert.add_argument(
+        "--provider", default="cpu", choices=["cpu", "cuda", "dml", "webgpu"]
+    )
+    model_convert.add_argument("--prune-lm-head", action="store_true")
+    model_convert.add_argument("--python", default=sys.executable, help="with torch installed")
+
     status = commands.add_parser("status", help="show a running daemon's status")
     status.add_argument("--url", default=url)
     return parser
@@ -112,6 +168,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_detect(args))
     if args.command == "fleet":
         sys.exit(_fleet(args))
+    if args.command == "profiles":
+        sys.exit(_profiles(args))
+    if args.command == "models":
+        sys.exit(_models(args))
     sys.exit(_status(args))
 
 
@@ -128,7 +188,11 @@ def _serve(args: argparse.Namespace) -> int:
             "intra_op_num_threads",
             "max_context",
             "max_batch",
+            "fit_context",
             "max_queue",
+            "state_dir",
+            "drain_timeout_s",
+            "engine_stall_s",
             "default_route",
             "latency_budget_s",
             "memory_reserve_mb",
@@ -249,3 +313,128 @@ def _fleet(args: argparse.Namespace) -> int:
             print(f"edge-agent: {exc}", file=sys.stderr)
             return 1
     return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    """Work on the state directory's profiles; a running daemon picks changes up."""
+    from agent.engine.types import EngineError
+    from agent.models import modelfile
+    from agent.models.local import resolve_model
+    from agent.models.profiles import ModelNames
+    from agent.state.profiles import ProfileStore
+
+    try:
+        settings = load_settings(args.config, state_dir=args.state_dir)
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"edge-agent: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    info = resolve_model(settings.model, settings.model_variant)
+    names = ModelNames(
+        info, settings.profiles, settings.model_aliases, ProfileStore(settings.state_dir)
+    )
+    try:
+        if args.profiles_command == "import":
+            parsed = modelfile.parse(args.file.read_text())
+            names.create(args.name, parsed)
+            for what in parsed.ignored:
+                print(
+                    f"edge-agent: ignored {what}: not supported (FROM, PARAMETER, SYSTEM are)",
+                    file=sys.stderr,
+                )
+            print(f"created profile {args.name.removesuffix(':latest')}")
+        elif args.profiles_command == "list":
+            for name in names.listed():
+                profile = names.profiles.get(name)
+                kind = "profile" if profile else "model" if name == names.model else "alias"
+                print(f"{name:<40} {kind:<8} {profile.description if profile else ''}".rstrip())
+        elif args.profiles_command == "show":
+            profile = names.resolve(args.name)
+            fields = profile.model_dump() if profile else {}
+            print(modelfile.render(fields.get("base") or info.name, fields.get("system"), fields))
+        else:
+            names.remove(args.name)
+            print(f"removed profile {args.name}")
+    except (EngineError, modelfile.ModelfileError, OSError) as exc:
+        print(f"edge-agent: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from agent.models import catalog
+    from agent.models.convert import ConvertError, ConvertPlan, convert
+    from agent.models.pull import PullError, pull
+    from agent.models.store import ModelStore, StoreError
+
+    if args.models_command == "convert":
+        plan = ConvertPlan(args.source, args.out, args.precision, args.provider,
+                           args.prune_lm_head, args.python)  # fmt: skip
+        try:
+            print(f"converted into {convert(plan, args.name)}")
+        except ConvertError as exc:
+            print(f"edge-agent: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        settings = load_settings(args.config, state_dir=args.state_dir, models_dir=args.models_dir)
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"edge-agent: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = ModelStore(settings.models_dir)
+    try:
+        if args.models_command == "list":
+            _print_models(catalog.load_catalog(), store)
+        elif args.models_command == "pull":
+            entry = catalog.find(args.name)
+            variant = entry.variant(args.variant, _best_provider(settings, entry))
+            token = args.token_file.read_text().strip() if args.token_file else None
+            pulled = pull(entry, variant, store, source=args.source, token=token)
+            print(f"pulled {entry.name} {variant.name} ({pulled.files} files, "
+                  f"{pulled.bytes / 2**20:.1f} MiB, verified) into {pulled.path}")  # fmt: skip
+            if args.activate:
+                store.activate(entry.name, pulled.version)
+                print(f"activated {entry.name} {pulled.version}")
+        elif args.models_command == "verify":
+            problems = store.verify(args.name, args.version)
+            for problem in problems:
+                print(f"edge-agent: {problem}", file=sys.stderr)
+            if problems:
+                return 1
+            print(f"{args.name}: every file matches its recorded sha256")
+        elif args.models_command == "activate":
+            model = store.activate(args.name, args.version)
+            print(f"activated {model.name} {model.version}: {store.pointer} -> {model.path}")
+        else:
+            for path in store.remove(args.name):
+                print(f"removed {path}")
+    except (catalog.CatalogError, PullError, StoreError, OSError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _best_provider(settings: Any, entry: Any) -> str | None:
+    """The provider the daemon would pick here, so pull fetches the variant it will load."""
+    if settings.provider != "auto":
+        return settings.provider
+    from agent.hardware.profile import detect
+    from agent.hardware.providers import Installed, rank
+
+    offered = {v.provider for v in entry.variants}
+    ranked = rank(detect(settings.hardware_root), Installed.probe(), offered)
+    return next((c.variant_provider for c in ranked if c.accepted), None)
+
+
+def _print_models(entries: dict, store: Any) -> None:
+    installed = {m.name: m for m in store.installed()}
+    print(f"{'name':<26}{'variants':<28}{'installed':<16}description")
+    for name, entry in entries.items():
+        model = installed.pop(name, None)
+        state = "-" if model is None else model.version + (" (active)" if model.active else "")
+        variants = ",".join(v.name for v in entry.variants)
+        print(f"{name:<26}{variants:<28}{state:<16}{entry.description}")
+    for name, model in installed.items():  # installed, not (or no longer) in the catalog
+        state = model.version + (" (active)" if model.active else "")
+        print(f"{name:<26}{'-':<28}{state:<16}{model.manifest.get('description', '')}")

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import structlog
 import uvicorn
@@ -24,6 +25,9 @@ from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import GovernorLimits, ResourceGovernor
 from agent.routing.router import Router
 from agent.settings import Settings
+from agent.state.profiles import ProfileStore
+from agent.supervision.notify import Notifier
+from agent.supervision.watchdog import EngineWatch, ping_while_healthy
 from agent.telemetry.metrics import LiveSource, Metrics, totals_by
 from agent.telemetry.publisher import TelemetryPublisher
 
@@ -39,29 +43,8 @@ class Service:
         self.settings = settings
         self.started_at = time.time()
         self.hardware: HardwareProfile = detect()
-        self.selection = select(
-            settings.model,
-            settings.model_variant,
-            settings.provider,
-            settings.provider_fallback,
-            settings.provider_options,
-            self.hardware,
-            Installed.probe(),
-        )
-        self.engine = LocalEngine(
-            self.selection.plans,
-            EngineLimits(
-                max_context=settings.max_context,
-                max_batch=settings.max_batch,
-                max_queue=settings.max_queue,
-                max_tool_calls=settings.max_tool_calls,
-                default_max_tokens=settings.default_max_tokens,
-                retry_after_s=settings.retry_after_s,
-                batch_window_s=settings.batch_window_ms / 1000,
-            ),
-            threads=settings.intra_op_num_threads or self.hardware.usable_cores,
-        )
-        self.names = ModelNames(self.info, settings.profiles)
+        self.engine = self._build_engine(settings.model)
+        self.names = self._names(self.info)
         self.cloud = CloudPool(
             settings.cloud,
             failures=settings.breaker_failures,
@@ -114,6 +97,90 @@ class Service:
         )
         self.draining = False
 
+    def _build_engine(self, model: Path) -> LocalEngine:
+        settings = self.settings
+        self.selection = select(
+            model,
+            settings.model_variant,
+            settings.provider,
+            settings.provider_fallback,
+            settings.provider_options,
+            self.hardware,
+            Installed.probe(),
+        )
+        return LocalEngine(
+            self.selection.plans,
+            EngineLimits(
+                max_context=settings.max_context,
+                max_batch=settings.max_batch,
+                max_queue=settings.max_queue,
+                max_tool_calls=settings.max_tool_calls,
+                default_max_tokens=settings.default_max_tokens,
+                retry_after_s=settings.retry_after_s,
+                batch_window_s=settings.batch_window_ms / 1000,
+                fit_context=settings.fit_context,
+            ),
+            threads=settings.intra_op_num_threads or self.hardware.usable_cores,
+            available_memory=self._memory_for_model,
+        )
+
+    async def watch_model(self) -> None:
+        """Switch models when the model pointer (`models_dir/active`) is swapped."""
+        pointer = self.settings.model
+        loaded = pointer.resolve()
+        while True:
+            await asyncio.sleep(self.settings.model_watch_interval_s)
+            target = pointer.resolve()
+            if target == loaded or self.draining:
+                continue
+            try:
+                await self.switch_model(pointer)
+            except Exception as exc:  # a bad model must not take the serving one down
+                log.error("model switch failed; the old model keeps serving", error=str(exc))
+            loaded = target  # switched, or refused: do not retry the same target in a loop
+
+    async def switch_model(self, model: Path) -> None:
+        """Load `model` next to the serving one, then send new requests to it. Requests
+        already queued or running finish on the old model, which is then unloaded."""
+        log.info("model switch", model=str(model.resolve()))
+        new = self._build_engine(model)
+        await new.start()
+        old = self.engine
+        self.engine = self.router.local = self.governor.engine = new
+        self.router.previous = old
+        self.names = self.router.names = self._names(new.info)
+        self._publish_model()
+        if self.mqtt is not None:
+            self.mqtt.set_state("ready")  # the retained status now names the new model
+        log.info("model switched", model=new.info.name, variant=new.info.variant)
+        while old.running or old.queue_depth:
+            await asyncio.sleep(0.05)
+        await old.stop()
+        self.router.previous = None
+
+    def _names(self, info: ModelInfo) -> ModelNames:
+        settings = self.settings
+        return ModelNames(
+            info, settings.profiles, settings.model_aliases, ProfileStore(settings.state_dir)
+        )
+
+    def _publish_model(self) -> None:
+        self.metrics.load_time.set(self.engine.load_time_s)
+        self.metrics.model.info(
+            {
+                "model": self.info.name,
+                "variant": self.info.variant,
+                "provider": self.engine.provider,
+            }
+        )
+
+    def _memory_for_model(self) -> int | None:
+        """What a model may take now: available memory (cgroup-aware) minus the reserve."""
+        available = detect(self.settings.hardware_root).available_memory_bytes
+        if available is None:
+            return None
+        return available - int(self.settings.memory_reserve_mb * 1024 * 1024)
+
     @property
     def info(self) -> ModelInfo:
         """The loaded variant (before loading: the first candidate's)."""
@@ -143,14 +210,7 @@ class Service:
         await self.engine.start()
         self.governor.start()
         self.cloud.start()
-        self.metrics.load_time.set(self.engine.load_time_s)
-        self.metrics.model.info(
-            {
-                "model": self.info.name,
-                "variant": self.info.variant,
-                "provider": self.engine.provider,
-            }
-        )
+        self._publish_model()
         if self.mqtt is not None:
             self.mqtt.set_state("ready")
             if not await self.mqtt.wait_subscribed(MQTT_READY_WAIT_S):
@@ -164,6 +224,31 @@ class Service:
             provider=self.engine.provider,
             max_length=self.engine.max_length,
             load_time_s=round(self.engine.load_time_s, 3),
+        )
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait for the accepted ones (local and MQTT) to finish.
+        True if they all did within `timeout_s`; the rest are cancelled by `stop`."""
+        self.draining = True
+        self.router.draining = True
+        if self.mqtt is not None:
+            self.mqtt.drain()
+        deadline = time.monotonic() + timeout_s
+        while self._busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._busy()
+
+    def _busy(self) -> bool:
+        engine = self.engine
+        mqtt_busy = self.mqtt is not None and self.mqtt.busy
+        return engine.running > 0 or engine.queue_depth > 0 or mqtt_busy
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        engine = self.engine
+        return (
+            f"serving {self.info.name} on {engine.provider}: {engine.running} running, "
+            f"{engine.queue_depth} queued"
         )
 
     async def stop(self) -> None:
@@ -235,9 +320,21 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _announce_ready(service: Service, notifier: Notifier) -> None:
+    """READY=1 once the model is loaded, HTTP is bound and MQTT (if configured) is
+    subscribed; HTTP already serves while the broker is still out of reach."""
+    if service.mqtt is not None and not service.mqtt.connection.subscribed.is_set():
+        notifier.status("waiting for the MQTT broker")
+        await service.mqtt.connection.subscribed.wait()
+    notifier.ready(service.summary())
+
+
 async def run(settings: Settings) -> int:
     """Serve until SIGINT/SIGTERM: bind HTTP first (so /health and /ready answer while the
-    model loads), load the model, log one ready line. Returns the process exit code."""
+    model loads), load the model, log one ready line and tell systemd READY=1. On a
+    signal: STOPPING=1, drain (no new requests; running ones get `drain_timeout_s`),
+    MQTT status `offline`, exit 0. Returns the process exit code."""
+    notifier = Notifier()
     service = Service(settings)
     server = _Server(
         uvicorn.Config(
@@ -247,16 +344,20 @@ async def run(settings: Settings) -> int:
             log_config=None,
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         )
     )
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(signum, stop.set)
+    notifier.status("binding HTTP")
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
             return 1  # uvicorn already logged why (port in use, bad address)
         await asyncio.sleep(0.01)
+    notifier.status(f"loading model {service.info.name}")
     try:
         await service.start()
     except Exception as exc:
@@ -272,7 +373,24 @@ async def run(settings: Settings) -> int:
         variant=service.info.variant,
         provider=service.engine.provider,
     )
+    announce = asyncio.create_task(_announce_ready(service, notifier))
+    watch = EngineWatch(  # reads service.engine each time: a model switch replaces it
+        steps=lambda: service.engine.steps,
+        busy=lambda: service.engine.running > 0,
+        alive=lambda: service.engine.alive,
+        stall_s=settings.engine_stall_s,
+    )
+    watchdog = asyncio.create_task(ping_while_healthy(notifier, watch, service.summary))
+    switcher = asyncio.create_task(service.watch_model())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    notifier.stopping("draining")
+    log.info("draining", timeout_s=settings.drain_timeout_s)
+    drained = await service.drain(settings.drain_timeout_s)
+    server.should_exit = True
     await serving
+    for task in (announce, watchdog, switcher, stopped):
+        task.cancel()
     await service.stop()
-    log.info("stopped")
+    log.info("stopped", drained=drained)
     return 0

@@ -6,11 +6,12 @@ one line per problem naming the setting, the value and what is allowed (see `loa
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,11 +34,14 @@ class Profile(BaseModel):
     model_config = {"extra": "forbid"}
 
     description: str = ""
+    base: str | None = Field(None, description="the Modelfile's FROM, as written")
     system: str | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
     max_tokens: int | None = Field(None, ge=1)
+    num_ctx: int | None = Field(None, ge=16, description="cap on prompt + completion tokens")
+    seed: int | None = None
     repetition_penalty: float | None = Field(None, gt=0.0)
     stop: list[str] = Field(default_factory=list)
     tool_choice: Literal["auto", "none", "required"] | None = Field(
@@ -68,6 +72,14 @@ DEFAULT_PROFILES: dict[str, Profile] = {
 }
 
 
+def default_state_dir() -> Path:
+    """systemd's StateDirectory= (via $STATE_DIRECTORY), else the XDG state home."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "edge-agent"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGE_AGENT_", extra="forbid")
 
@@ -75,7 +87,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     # Model and engine
-    model: Path = BUNDLED_MODEL
+    model: Path | None = Field(
+        None, description="model directory; default: models_dir/active if set, else the bundled"
+    )
     model_variant: str | None = None
     provider: Provider = "auto"
     provider_fallback: bool = Field(False, description="fall back to CPU if `provider` fails")
@@ -83,6 +97,9 @@ class Settings(BaseSettings):
     intra_op_num_threads: int | None = Field(None, ge=1, description="default: usable cores")
     max_context: int = Field(4096, ge=16, description="cap on prompt + completion tokens")
     max_batch: int = Field(4, ge=1, le=64)
+    fit_context: bool = Field(
+        False, description="shorten max_context to fit in memory instead of refusing to load"
+    )
     max_queue: int = Field(16, ge=0)
     max_tool_calls: int = Field(
         8, ge=1, le=64, description="most parallel tool calls in one local reply"
@@ -92,7 +109,26 @@ class Settings(BaseSettings):
     )
     default_max_tokens: int = Field(512, ge=1)
     retry_after_s: int = Field(2, ge=1)
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, running requests get this long"
+    )
+    engine_stall_s: float = Field(
+        120.0, gt=0, description="busy without an engine step this long: watchdog pings stop"
+    )
     profiles: dict[str, Profile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, description="extra names -> the model, an alias or a profile"
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: default_state_dir(),
+        description="profiles and other state kept across restarts",
+    )
+    models_dir: Path | None = Field(
+        None, description="pulled models and the `active` pointer (default: state_dir/models)"
+    )
+    model_watch_interval_s: float = Field(
+        2.0, gt=0, description="how often the daemon checks the model pointer for a switch"
+    )
     # Routing and cloud fallback
     cloud: list[CloudEndpoint] = Field(default_factory=list, description="in priority order")
     default_route: Route = "prefer_local"
@@ -133,12 +169,23 @@ class Settings(BaseSettings):
 
     @field_validator("model")
     @classmethod
-    def _model_dir_exists(cls, value: Path) -> Path:
+    def _model_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
         if not value.is_dir():
             raise ValueError("must be an existing model directory")
         if not ((value / "genai_config.json").is_file() or (value / "manifest.toml").is_file()):
             raise ValueError("must contain genai_config.json or manifest.toml")
-        return value.resolve()
+        return value.absolute()  # not resolved: `models_dir/active` must stay a pointer
+
+    @model_validator(mode="after")
+    def _default_model(self) -> Settings:
+        if self.models_dir is None:
+            self.models_dir = self.state_dir / "models"
+        if self.model is None:
+            pointer = self.models_dir / "active"
+            self.model = pointer if pointer.is_dir() else BUNDLED_MODEL
+        return self
 
     @field_validator("mqtt_url")
     @classmethod

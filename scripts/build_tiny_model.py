@@ -37,7 +37,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% if tools %}{{ '<|im_start|>system\\n' }}"
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
-    "{{ '# Tools\\nCall a function as <tool_call>{\"name\": NAME, \"arguments\": {...}}"
+    '{{ \'# Tools\\nCall a function as <tool_call>{"name": NAME, "arguments": {...}}'
     "</tool_call>\\n<tools>\\n' }}"
     "{% for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor %}"
     "{{ '</tools><|im_end|>\\n' }}{% endif %}"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,9 +39,12 @@ def start_daemon(*flags: str, env: dict[str, str] | None = None) -> Daemon:
     """Start `edge-agent serve` on port 0 and wait for its one "ready" log line.
 
     The CPU provider unless the flags say otherwise: exact-token checks need it, and
-    `auto` would pick OpenVINO where its plugin is installed (tested on its own)."""
+    `auto` would pick OpenVINO where its plugin is installed (tested on its own). A fresh
+    state directory unless one is given."""
     if "--provider" not in flags:
         flags = ("--provider", "cpu", *flags)
+    if "--state-dir" not in flags:  # never the user's own state directory
+        flags = ("--state-dir", tempfile.mkdtemp(prefix="edge-agent-state-"), *flags)
     process = subprocess.Popen(
         [
             sys.executable,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,28 +27,36 @@ from agent.engine.types import (
     Tool,
     ToolCall,
 )
+from agent.models import modelfile
 from agent.routing.router import Routed
 
 if TYPE_CHECKING:
     from agent.service import Service
 
 router = APIRouter()
+log = structlog.get_logger(__name__)
 
 OLLAMA_API_VERSION = "0.9.0"  # the Ollama API level these routes follow
 
 
 class Options(BaseModel):
+    """Ollama's `options`; the ones without meaning here are ignored with a log warning,
+    as Ollama itself does with options it does not know."""
+
     model_config = ConfigDict(extra="allow")
 
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     num_predict: int | None = None
+    num_ctx: Annotated[int, Field(ge=16)] | None = None
     stop: list[str] | None = None
     seed: int | None = None
     repeat_penalty: Annotated[float, Field(gt=0.0)] | None = None
 
     def sampling(self) -> SamplingParams:
+        if self.model_extra:
+            log.warning("ollama options ignored", options=sorted(self.model_extra))
         # Ollama: num_predict -1 (or -2) means "until the context is full / no limit".
         limit = self.num_predict if self.num_predict and self.num_predict > 0 else None
         return SamplingParams(
@@ -58,6 +67,7 @@ class Options(BaseModel):
             seed=self.seed,
             repetition_penalty=self.repeat_penalty,
             stop=tuple(self.stop or ()),
+            context_limit=self.num_ctx,
         )
 
 
@@ -112,6 +122,7 @@ class ChatBody(BaseModel):
     route: Route | None = None
     tools: list[ToolIn] | None = None
     format: str | dict[str, Any] | None = None
+    keep_alive: str | float | None = None  # the model stays resident; 0 answers "unload"
 
 
 class GenerateBody(BaseModel):
@@ -125,6 +136,7 @@ class GenerateBody(BaseModel):
     options: Options = Field(default_factory=Options)
     route: Route | None = None
     format: str | dict[str, Any] | None = None
+    keep_alive: str | float | None = None
 
 
 class ShowBody(BaseModel):
@@ -136,6 +148,12 @@ class ShowBody(BaseModel):
 
 def _service(request: Request) -> Service:
     return request.app.state.service
+
+
+def _load_reason(keep_alive: str | float | None) -> str:
+    """Ollama loads on an empty request and unloads with keep_alive 0; the gateway's one
+    model stays resident either way, and says what the client asked for."""
+    return "unload" if keep_alive in (0, "0", "0s", "0m") else "load"
 
 
 def _now() -> str:
@@ -190,7 +208,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
             "created_at": _now(),
             "message": {"role": "assistant", "content": ""},
             "done": True,
-            "done_reason": "load",
+            "done_reason": _load_reason(body.keep_alive),
         }
     routed = await _service(request).router.submit(routed_request(internal, request))
 
@@ -225,7 +243,7 @@ async def generate(body: GenerateBody, request: Request) -> Any:
             "created_at": _now(),
             "response": "",
             "done": True,
-            "done_reason": "load",
+            "done_reason": _load_reason(body.keep_alive),
         }
     output = response_format(body.format)
     if body.raw:
@@ -329,27 +347,19 @@ async def show(body: ShowBody, request: Request) -> Any:
     service = _service(request)
     name = body.model or body.name
     if not name:
-        return JSONResponse({"error": "model is required"}, status_code=400)
+        raise EngineError("invalid_request", "model is required", param="model")
     profile = service.names.resolve(name)
     info = service.info
-    parameters = []
-    system = ""
-    if profile is not None:
-        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
-            value = getattr(profile, key)
-            if value is not None:
-                parameters.append(f"{key.replace('repetition_penalty', 'repeat_penalty')} {value}")
-        parameters += [f'stop "{s}"' for s in profile.stop]
-        system = profile.system or ""
-    modelfile = f"FROM {info.name}\n" + "".join(f"PARAMETER {p}\n" for p in parameters)
-    if system:
-        modelfile += f'SYSTEM """{system}"""\n'
+    fields = profile.model_dump() if profile is not None else {}
+    system = fields.get("system") or ""
+    base = fields.get("base") or info.name
+    entry = _model_entry(service, name)
     return {
-        "modelfile": modelfile,
-        "parameters": "\n".join(parameters),
+        "modelfile": modelfile.render(base, system, fields),
+        "parameters": "\n".join(modelfile.parameter_lines(fields)),
         "template": "",
         "system": system,
-        "details": _model_entry(service, name)["details"],
+        "details": entry["details"],
         "model_info": {
             "general.architecture": info.manifest.get("family", "llama"),
             "context_length": info.context_length,
@@ -357,5 +367,62 @@ async def show(body: ShowBody, request: Request) -> Any:
             "edge_agent.provider": service.engine.provider,
         },
         "capabilities": ["completion", "tools"],
-        "modified_at": _model_entry(service, name)["modified_at"],
+        "modified_at": entry["modified_at"],
     }
+
+
+class CreateBody(BaseModel):
+    """Ollama's /api/create: `modelfile` text (older clients) or `from`/`system`/`parameters`."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model: str | None = None
+    name: str | None = None  # older clients
+    modelfile: str | None = None
+    from_: str | None = Field(None, alias="from")
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    stream: bool = True
+
+    def to_modelfile(self) -> modelfile.Modelfile:
+        if self.modelfile is not None:
+            try:
+                parsed = modelfile.parse(self.modelfile)
+            except modelfile.ModelfileError as exc:
+                raise EngineError("invalid_request", str(exc), param="modelfile") from None
+        else:
+            parsed = modelfile.Modelfile(base=self.from_, system=self.system)
+            for key, value in (self.parameters or {}).items():
+                parsed.add_parameter(key, value)
+        # Fields newer clients send that a profile cannot hold (template, adapters, ...).
+        parsed.ignored += [key.upper() for key, value in (self.model_extra or {}).items() if value]
+        return parsed
+
+
+@router.post("/api/create")
+async def create(body: CreateBody, request: Request) -> Any:
+    name = body.model or body.name
+    if not name:
+        raise EngineError("invalid_request", "model is required", param="model")
+    parsed = body.to_modelfile()
+    _service(request).names.create(name, parsed)
+    statuses = [
+        {"status": f"ignored {what}: not supported by edge-agent (profiles hold FROM, "
+                   "PARAMETER and SYSTEM)"}
+        for what in parsed.ignored
+    ] + [{"status": "success"}]  # fmt: skip
+    log.info("profile created", profile=name, ignored=parsed.ignored)
+    if body.stream:
+        return StreamingResponse(
+            iter(ndjson(status) for status in statuses), media_type="application/x-ndjson"
+        )
+    return {**statuses[-1], "ignored": parsed.ignored}
+
+
+@router.delete("/api/delete")
+async def delete(body: ShowBody, request: Request) -> Any:
+    name = body.model or body.name
+    if not name:
+        raise EngineError("invalid_request", "model is required", param="model")
+    _service(request).names.remove(name)
+    return JSONResponse({})

@@ -129,12 +129,31 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0)] | None = None
     stop: str | list[str] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     route: Route | None = None
+    # vLLM's extras
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True  # special tokens are never in the text; False is ignored
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
+        if self.n != 1:
+            raise EngineError(
+                "invalid_request",
+                f"n={self.n}: one choice per request is supported; send {self.n} requests",
+                param="n",
+            )
+        if self.logprobs or self.top_logprobs:
+            param = "logprobs" if self.logprobs else "top_logprobs"
+            raise EngineError(
+                "invalid_request", "logprobs are not supported by this server", param=param
+            )
+        if self.ignore_eos and max_tokens is None:
+            raise EngineError("invalid_request", "ignore_eos needs max_tokens", param="ignore_eos")
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
             max_tokens=max_tokens,
@@ -144,6 +163,7 @@ class SamplingFields(BaseModel):
             seed=self.seed,
             repetition_penalty=self.repetition_penalty,
             stop=tuple(s for s in stop if s),
+            min_tokens=max_tokens if self.ignore_eos else self.min_tokens,
         )
 
     @property

@@ -41,6 +41,7 @@ from agent.engine.types import (
     server_busy,
 )
 from agent.models.local import ModelInfo
+from agent.models.memory import fitting_length
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class EngineLimits:
     default_max_tokens: int = 512
     retry_after_s: int = 2
     batch_window_s: float = 0.01
+    fit_context: bool = False  # load with a shorter context rather than refuse
 
 
 @dataclass(eq=False)
@@ -114,7 +116,11 @@ class LocalEngine:
     name = "local"
 
     def __init__(
-        self, plans: list[LoadPlan], limits: EngineLimits, threads: int | None = None
+        self,
+        plans: list[LoadPlan],
+        limits: EngineLimits,
+        threads: int | None = None,
+        available_memory: Callable[[], int | None] = lambda: None,
     ) -> None:
         if not plans:
             raise ValueError("no provider to load the model with")
@@ -122,6 +128,7 @@ class LocalEngine:
         self.info = plans[0].info
         self.limits = limits
         self.threads = threads
+        self.available_memory = available_memory  # bytes the model may take, at load time
         self.provider = "none"
         self.load_attempts: list[dict[str, str]] = []
         self.max_length = min(self.info.context_length, limits.max_context)
@@ -158,6 +165,11 @@ class LocalEngine:
     @property
     def ready(self) -> bool:
         return self._tokenizer is not None and not self._stopping
+
+    @property
+    def alive(self) -> bool:
+        """The owner thread is running (it ends only on stop or a fatal error)."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def queue_depth(self) -> int:
@@ -239,10 +251,11 @@ class LocalEngine:
         return job
 
     def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
-        room = self.max_length - prompt_tokens
+        limit = min(self.max_length, request.sampling.context_limit or self.max_length)
+        room = limit - prompt_tokens
         if room < 1:
             raise context_length_exceeded(
-                f"This model's maximum context length is {self.max_length} tokens. However, "
+                f"This model's maximum context length is {limit} tokens. However, "
                 f"your prompt is {prompt_tokens} tokens, leaving no room for a completion."
             )
         wanted = request.sampling.max_tokens
@@ -250,7 +263,7 @@ class LocalEngine:
             return min(self.limits.default_max_tokens, room)
         if wanted > room:
             raise context_length_exceeded(
-                f"This model's maximum context length is {self.max_length} tokens. However, "
+                f"This model's maximum context length is {limit} tokens. However, "
                 f"you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, "
                 f"{wanted} in the completion). Reduce the prompt or max_tokens.",
                 param="max_tokens",
@@ -329,15 +342,22 @@ class LocalEngine:
                 continue
             self.load_attempts.append({"provider": plan.label, "error": ""})
             self.info, self.provider = plan.info, plan.label
-            self.max_length = min(plan.info.context_length, self.limits.max_context)
             self.load_time_s = time.perf_counter() - started
             return engine, tokenizer
         tried = "; ".join(f"{a['provider']}: {a['error']}" for a in self.load_attempts)
         raise RuntimeError(f"no provider could load the model ({tried})")
 
     def _load_plan(self, plan: LoadPlan) -> tuple[og.Engine, og.Tokenizer]:
+        max_length = fitting_length(
+            plan.info,
+            min(plan.info.context_length, self.limits.max_context),
+            self.limits.max_batch,
+            self.available_memory(),
+            self.limits.fit_context,
+        )
+        if max_length < min(plan.info.context_length, self.limits.max_context):
+            log.warning("context shortened to fit in memory", max_length=max_length)
         plan.prepare()
-        max_length = min(plan.info.context_length, self.limits.max_context)
         options = dict(plan.options)
         threads = self.threads
         if threads and plan.threads_option:
@@ -366,6 +386,7 @@ class LocalEngine:
         capacity = engine.get_capabilities().configured_max_batch_size
         self._batch_slots = max(1, min(self.limits.max_batch, capacity or self.limits.max_batch))
         self._model = model
+        self.max_length = max_length
         return engine, og.Tokenizer(model)
 
     def _probe(self, engine: og.Engine, info: ModelInfo) -> None:
@@ -438,6 +459,8 @@ class LocalEngine:
         sampling, defaults = job.request.sampling, self.info.search
         options = og.TurnOptions(job.og_request)
         options.set_max_generated_tokens(job.max_tokens)
+        if sampling.min_tokens:
+            options.set_min_generated_tokens(min(sampling.min_tokens, job.max_tokens))
         temperature = sampling.temperature
         do_sample = defaults.do_sample if temperature is None else temperature > 0
         options.set_do_sample(do_sample)

@@ -66,6 +66,8 @@ class SamplingParams:
     seed: int | None = None
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
+    context_limit: int | None = None  # Ollama num_ctx: cap on prompt + completion tokens
+    min_tokens: int | None = None  # end-of-sequence is suppressed until this many tokens
 
 
 @dataclass(frozen=True)

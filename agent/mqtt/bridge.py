@@ -53,6 +53,7 @@ class MqttBridge:
         self._finals: OrderedDict[str, tuple[float, ReplyRoute, dict]] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self.connection: Connection | None = None
+        self.draining = False
 
     @property
     def connected(self) -> bool:
@@ -90,6 +91,17 @@ class MqttBridge:
             self._ready.set()
         if self.connected:
             self._publish_status()
+
+    def drain(self) -> None:
+        """Take no new requests: they stay unacknowledged on the broker, which delivers
+        them again to this session after a restart (or to the pool's other gateways)."""
+        self.draining = True
+        self.set_state("draining")
+
+    @property
+    def busy(self) -> bool:
+        """Requests accepted and not yet answered."""
+        return bool(self._inflight)
 
     def publish_telemetry(self, document: dict) -> None:
         if self.connected:
@@ -137,6 +149,9 @@ class MqttBridge:
             return
         if not self.topics.is_request(received.topic):
             self.connection.ack(received.mid, received.qos)
+            return
+        if self.draining:
+            log.info("mqtt request left on the broker: draining", topic=received.topic)
             return
         task = asyncio.ensure_future(self._serve(received))
         self._tasks.add(task)

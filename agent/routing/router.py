@@ -50,12 +50,19 @@ class Router:
         self.governor = governor
         self.metrics = metrics
         self.default_route = default_route
+        self.draining = False  # shutting down: new requests are refused
+        self.previous: LocalEngine | None = None  # a replaced model finishing its requests
 
     def prepare(self, request: ChatRequest) -> ChatRequest:
         """Resolve the model name (404 if unknown) and apply its profile."""
         return apply_profile(request, self.names.resolve(request.model))
 
     async def submit(self, request: ChatRequest) -> Routed:
+        if self.draining:
+            raise EngineError(
+                "server_draining", "The gateway is shutting down; retry on another",
+                status=503, retry_after_s=self.local.limits.retry_after_s,
+            )  # fmt: skip
         prepared = self.prepare(request)
         route = request.route or self.default_route
         if route == "local_only":
@@ -82,7 +89,10 @@ class Router:
             return await self._fallback(prepared, ["queue_full"])
 
     def cancel(self, request_id: str) -> bool:
-        return self.local.cancel(request_id)
+        previous = self.previous
+        return self.local.cancel(request_id) or (
+            previous is not None and previous.cancel(request_id)
+        )
 
     async def _fallback(self, request: ChatRequest, reasons: list[str]) -> Routed:
         routed = await self._cloud(request, "fallback:" + ",".join(reasons))

@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime_genai as og
+import psutil
 from bench_common import REPO, ensure_model, start_broker
 
 from agent.hardware.profile import detect
@@ -165,25 +166,32 @@ def telemetry_overhead(model: Path, variant: Path, rounds: int, tokens: int) -> 
         off = Daemon(model, max_length)
         scraper = Scraper(on.url)
         runs: dict[str, list[float]] = {"on": [], "off": []}
+        cpu = {name: psutil.Process(d.process.pid) for name, d in (("on", on), ("off", off))}
+        cpu_before = {name: sum(p.cpu_times()[:2]) for name, p in cpu.items()}
+        started = time.perf_counter()
         try:
             on.stream(prompt, 8), off.stream(prompt, 8)  # warm-up
             for round_no in range(rounds):  # A B B A ...: neither side always goes first
                 order = [("on", on), ("off", off)][:: 1 if round_no % 2 == 0 else -1]
                 for name, daemon in order:
                     runs[name].append(daemon.stream(prompt, tokens)[1])
+            wall = time.perf_counter() - started
+            cpu_s = {name: sum(p.cpu_times()[:2]) - cpu_before[name] for name, p in cpu.items()}
         finally:
             scraper.stop.set()
             on.stop(), off.stop()
             broker.terminate()
     on_tps, off_tps = statistics.median(runs["on"]), statistics.median(runs["off"])
+    extra = (cpu_s["on"] - cpu_s["off"]) / wall
     print(f"\nbench model {variant}, {tokens} greedy tokens, {rounds} alternating rounds,")
     print(
         f"medians; telemetry on = MQTT telemetry every 1 s + {scraper.scrapes} /metrics scrapes\n"
     )
-    print("| telemetry | decode tok/s | vs off |")
-    print("| --- | --- | --- |")
-    print(f"| off | {off_tps:.1f} | 1.000 |")
-    print(f"| on | {on_tps:.1f} | {on_tps / off_tps:.3f} |")
+    print("| telemetry | decode tok/s | vs off | daemon CPU s |")
+    print("| --- | --- | --- | --- |")
+    print(f"| off | {off_tps:.1f} | 1.000 | {cpu_s['off']:.2f} |")
+    print(f"| on | {on_tps:.1f} | {on_tps / off_tps:.3f} | {cpu_s['on']:.2f} |")
+    print(f"\ntelemetry's extra CPU: {extra * 100:.2f}% of one core over {wall:.0f} s")
 
 
 def main() -> None:

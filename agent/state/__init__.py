@@ -1,0 +1,1 @@
+"""What the daemon keeps on disk between runs (the state directory)."""

@@ -1,0 +1,1 @@
+"""How the daemon cooperates with its supervisor (systemd, a container runtime)."""
