@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--http-host")
     serve.add_argument("--http-port", type=int)
+    serve.add_argument("--api-key-file", type=Path, help="API keys, one per line")
+    serve.add_argument("--allow-insecure-bind", action="store_true", default=None)
     serve.add_argument("--model", type=Path, help="model directory")
     serve.add_argument("--model-variant")
     serve.add_argument("--provider", help="auto, or one of cpu cuda dml openvino qnn webgpu")
@@ -181,6 +183,8 @@ def _serve(args: argparse.Namespace) -> int:
         for name in (
             "http_host",
             "http_port",
+            "api_key_file",
+            "allow_insecure_bind",
             "model",
             "model_variant",
             "provider",

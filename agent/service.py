@@ -23,7 +23,7 @@ from agent.models.profiles import ModelNames
 from agent.mqtt.bridge import MqttBridge
 from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import GovernorLimits, ResourceGovernor
-from agent.routing.router import Router
+from agent.routing.router import RequestLimits, Router
 from agent.settings import Settings
 from agent.state.profiles import ProfileStore
 from agent.supervision.notify import Notifier
@@ -70,7 +70,13 @@ class Service:
         )
         self.metrics = Metrics()
         self.router = Router(
-            self.engine, self.names, self.cloud, self.governor, self.metrics, settings.default_route
+            self.engine,
+            self.names,
+            self.cloud,
+            self.governor,
+            self.metrics,
+            settings.default_route,
+            RequestLimits(settings.max_messages, settings.max_completion_tokens),
         )
         self.mqtt = MqttBridge(settings, self.router, self.describe) if settings.mqtt_url else None
         self.telemetry = None
@@ -96,6 +102,7 @@ class Service:
             )
         )
         self.draining = False
+        self._recheck = asyncio.Event()
 
     def _build_engine(self, model: Path) -> LocalEngine:
         settings = self.settings
@@ -119,6 +126,7 @@ class Service:
                 retry_after_s=settings.retry_after_s,
                 batch_window_s=settings.batch_window_ms / 1000,
                 fit_context=settings.fit_context,
+                max_prompt_tokens=settings.max_prompt_tokens,
             ),
             threads=settings.intra_op_num_threads or self.hardware.usable_cores,
             available_memory=self._memory_for_model,
@@ -129,7 +137,9 @@ class Service:
         pointer = self.settings.model
         loaded = pointer.resolve()
         while True:
-            await asyncio.sleep(self.settings.model_watch_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), self.settings.model_watch_interval_s)
+            self._recheck.clear()
             target = pointer.resolve()
             if target == loaded or self.draining:
                 continue
@@ -138,6 +148,12 @@ class Service:
             except Exception as exc:  # a bad model must not take the serving one down
                 log.error("model switch failed; the old model keeps serving", error=str(exc))
             loaded = target  # switched, or refused: do not retry the same target in a loop
+
+    def reload(self) -> None:
+        """SIGHUP: look at the model pointer now. Stored profiles are re-read on their own;
+        other settings need a restart."""
+        log.info("reload requested: checking the model pointer")
+        self._recheck.set()
 
     async def switch_model(self, model: Path) -> None:
         """Load `model` next to the serving one, then send new requests to it. Requests
@@ -351,6 +367,7 @@ async def run(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     notifier.status("binding HTTP")
     serving = asyncio.create_task(server.serve())
     while not server.started:

@@ -6,12 +6,20 @@ one line per problem naming the setting, the value and what is allowed (see `loa
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -86,6 +94,25 @@ class Settings(BaseSettings):
     # HTTP
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Bearer keys for every route but /health, /ready"
+    )
+    api_key_file: Path | None = Field(None, description="more keys, one per line")
+    metrics_require_key: bool = Field(True, description="/metrics needs a key too")
+    allow_insecure_bind: bool = Field(
+        False, description="serve beyond loopback without API keys (behind your own proxy)"
+    )
+    # Limits (each refusal names its limit)
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="HTTP request body cap")
+    max_messages: int = Field(256, ge=1, description="messages in one request")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="default: max_context")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="cap on a request's max_tokens (default: the context)"
+    )
+    max_streams_per_client: int = Field(8, ge=0, description="concurrent requests; 0: no cap")
+    rate_limit_per_minute: float = Field(0, ge=0, description="per client; 0: no rate limit")
+    rate_limit_burst: int = Field(10, ge=1)
+    mqtt_max_payload_bytes: int = Field(1 << 20, ge=1024)
     # Model and engine
     model: Path | None = Field(
         None, description="model directory; default: models_dir/active if set, else the bundled"
@@ -179,6 +206,17 @@ class Settings(BaseSettings):
         return value.absolute()  # not resolved: `models_dir/active` must stay a pointer
 
     @model_validator(mode="after")
+    def _no_open_door(self) -> Settings:
+        """HTTP beyond loopback needs a key, unless the operator says otherwise."""
+        keys = self.api_keys or (self.api_key_file is not None)
+        if not _loopback(self.http_host) and not keys and not self.allow_insecure_bind:
+            raise ValueError(
+                f"http_host={self.http_host} serves beyond this machine: set api_keys or "
+                "api_key_file (or allow_insecure_bind behind your own access control)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _default_model(self) -> Settings:
         if self.models_dir is None:
             self.models_dir = self.state_dir / "models"
@@ -207,6 +245,15 @@ class Settings(BaseSettings):
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class SettingsError(Exception):
     """Start-up configuration is invalid; `lines` has one readable line per problem."""
 
@@ -231,7 +278,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def _describe(error: Any) -> str:
-    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule across settings: its message names them (never the input)
+        return f"invalid settings: {message}"
+    name = ".".join(str(part) for part in error["loc"])
     value = error.get("input")
     shown = "<missing>" if value is None else value
-    return f"invalid setting {name}={shown!s}: {error['msg']}"
+    if "key" in name or "password" in name:
+        shown = "<hidden>"
+    return f"invalid setting {name}={shown!s}: {message}"

@@ -118,7 +118,7 @@ class Device:
         correlation = getattr(message.properties, "CorrelationData", None) if self.v5 else None
         try:
             payload = json.loads(message.payload) if message.payload else {}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):  # requests it overhears may be junk
             payload = {"raw": message.payload.decode(errors="replace")}
         self.inbox.put((message.topic, payload, correlation))
 

@@ -8,6 +8,9 @@ from fastapi import FastAPI
 
 from agent import __version__
 from agent.api import errors, legacy, ollama, openai, ops
+from agent.api.guard import Guard
+from agent.security.api_keys import ApiKeys
+from agent.security.rate_limit import ConcurrencyLimiter, RateLimiter
 
 if TYPE_CHECKING:
     from agent.service import Service
@@ -20,4 +23,13 @@ def create_app(service: Service) -> FastAPI:
     errors.install(app)
     for module in (ops, openai, ollama, legacy):
         app.include_router(module.router)
+    settings = service.settings
+    app.add_middleware(
+        Guard,
+        keys=ApiKeys.load([k.get_secret_value() for k in settings.api_keys], settings.api_key_file),
+        metrics_open=not settings.metrics_require_key,
+        max_request_bytes=settings.max_request_bytes,
+        rate=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        streams=ConcurrencyLimiter(settings.max_streams_per_client),
+    )
     return app

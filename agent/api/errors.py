@@ -13,6 +13,8 @@ from agent.engine.types import EngineError
 def _error_type(status: int) -> str:
     if status == 429:
         return "rate_limit_error"
+    if status == 401:
+        return "authentication_error"
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
@@ -24,8 +26,23 @@ def error_response(
     param: str | None = None,
     retry_after_s: int | None = None,
 ) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    if request.url.path.startswith("/api/"):
+    return error_for_path(request.url.path, status, message, code, param, retry_after_s)
+
+
+def error_for_path(
+    path: str,
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    retry_after_s: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Ollama's `{"error": "..."}` under /api/, OpenAI's error object everywhere else."""
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    if path.startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     body = {
         "error": {

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.openai import ToolIn
-from agent.api.streaming import collect, headers, ndjson, routed_request
+from agent.api.streaming import NDJSON_OR_JSON, collect, headers, ndjson, routed_request
 from agent.engine.types import (
     ChatRequest,
     Chunk,
@@ -187,7 +187,7 @@ async def version() -> dict:
     return {"version": OLLAMA_API_VERSION}
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", responses=NDJSON_OR_JSON)
 async def chat(body: ChatBody, request: Request) -> Any:
     started = time.perf_counter()
     internal = ChatRequest(
@@ -233,7 +233,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
     return JSONResponse({**payload, **_final_fields(done.final, started)}, headers=headers(routed))
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", responses=NDJSON_OR_JSON)
 async def generate(body: GenerateBody, request: Request) -> Any:
     started = time.perf_counter()
     if not body.prompt:  # Ollama: an empty prompt just loads the model
@@ -399,7 +399,7 @@ class CreateBody(BaseModel):
         return parsed
 
 
-@router.post("/api/create")
+@router.post("/api/create", responses=NDJSON_OR_JSON)
 async def create(body: CreateBody, request: Request) -> Any:
     name = body.model or body.name
     if not name:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.api.streaming import Completed, collect, headers, routed_request, sse
+from agent.api.streaming import SSE_OR_JSON, Completed, collect, headers, routed_request, sse
 from agent.engine.types import (
     ChatRequest,
     EngineError,
@@ -276,7 +276,7 @@ async def list_models(request: Request) -> dict:
     }
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=SSE_OR_JSON)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     return await _respond(
         request,
@@ -288,7 +288,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     )
 
 
-@router.post("/completions")
+@router.post("/completions", responses=SSE_OR_JSON)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     return await _respond(
         request,

@@ -23,7 +23,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": state}, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
     registry = request.app.state.service.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

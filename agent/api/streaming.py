@@ -56,6 +56,11 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+# OpenAPI: what a route may answer besides JSON (so clients and fuzzers know).
+SSE_OR_JSON = {200: {"content": {"application/json": {}, "text/event-stream": {}}}}
+NDJSON_OR_JSON = {200: {"content": {"application/json": {}, "application/x-ndjson": {}}}}
+
+
 def sse(payload: dict | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n"

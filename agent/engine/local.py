@@ -33,6 +33,7 @@ from agent.engine.tool_calls import Guidance, guidance_for, read_tool_calls, tem
 from agent.engine.types import (
     ChatRequest,
     Chunk,
+    EngineError,
     FinishReason,
     Timings,
     Usage,
@@ -79,6 +80,7 @@ class EngineLimits:
     retry_after_s: int = 2
     batch_window_s: float = 0.01
     fit_context: bool = False  # load with a shorter context rather than refuse
+    max_prompt_tokens: int | None = None  # None: whatever the context leaves room for
 
 
 @dataclass(eq=False)
@@ -251,6 +253,13 @@ class LocalEngine:
         return job
 
     def _max_tokens(self, request: ChatRequest, prompt_tokens: int) -> int:
+        cap = self.limits.max_prompt_tokens
+        if cap is not None and prompt_tokens > cap:
+            raise EngineError(
+                "prompt_too_long",
+                f"The prompt is {prompt_tokens} tokens; max_prompt_tokens is {cap}",
+                param="messages" if request.prompt is None else "prompt",
+            )
         limit = min(self.max_length, request.sampling.context_limit or self.max_length)
         room = limit - prompt_tokens
         if room < 1:

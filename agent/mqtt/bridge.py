@@ -24,6 +24,7 @@ from agent.mqtt.connection import BrokerAddress, Connection, Received
 from agent.mqtt.messages import ReplyRoute
 from agent.mqtt.topics import Topics
 from agent.routing.router import Router
+from agent.security.rate_limit import RateLimiter, retry_after
 from agent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -54,6 +55,7 @@ class MqttBridge:
         self._tasks: set[asyncio.Task] = set()
         self.connection: Connection | None = None
         self.draining = False
+        self.rate = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     @property
     def connected(self) -> bool:
@@ -169,7 +171,7 @@ class MqttBridge:
 
     async def _serve(self, received: Received) -> None:
         inbound = (received.mid, received.qos)
-        parsed = messages.parse_request(received)
+        parsed = messages.parse_request(received, self.settings.mqtt_max_payload_bytes)
         route = parsed.route
         if route is None:
             log.warning("mqtt request dropped: no reply topic", topic=received.topic)
@@ -178,6 +180,11 @@ class MqttBridge:
         key = route.key
         if self._replay(key, inbound):
             return
+        wait = self.rate.take(route.topic)  # a device is known by its reply topic
+        if parsed.error is None and wait > 0:
+            parsed = replace(parsed, error=EngineError(
+                "rate_limited", f"Rate limit: {self.rate.per_minute:g} requests per minute",
+                retry_after_s=retry_after(wait)))  # fmt: skip
         if parsed.error is not None:
             self._reply(route, messages.rejected(route, parsed.error), [inbound])
             return

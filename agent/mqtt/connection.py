@@ -156,8 +156,11 @@ class Connection:
             topic, json.dumps(payload), qos=qos, retain=retain, properties=self._props(correlation)
         )
         if ack_after:
+            # While disconnected paho queues a QoS 1 publish and sends it on reconnect
+            # (rc NO_CONN, and is_published() would raise): the PUBACK comes back later.
+            sent = info.rc == paho.MQTT_ERR_SUCCESS and info.is_published()
             with self._lock:  # the PUBACK may already have come back on paho's thread
-                if info.is_published() or self._published.pop(info.mid, False):
+                if sent or self._published.pop(info.mid, False):
                     self._ack_all(ack_after)
                 else:
                     self._acks_after[info.mid] = ack_after

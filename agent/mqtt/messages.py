@@ -40,7 +40,9 @@ def parse_request(message: Received, max_bytes: int = 1 << 20) -> ParsedRequest:
     payload: object = None
     error = None
     if len(message.payload) > max_bytes:
-        error = EngineError("payload_too_large", f"The payload exceeds {max_bytes} bytes")
+        error = EngineError(
+            "payload_too_large", f"The payload exceeds mqtt_max_payload_bytes ({max_bytes})"
+        )
     else:
         try:
             payload = json.loads(message.payload)

@@ -25,6 +25,30 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """Caps on what one request may ask for, whichever interface it came through."""
+
+    max_messages: int = 256
+    max_completion_tokens: int | None = None  # None: the context decides
+
+    def check(self, request: ChatRequest) -> None:
+        if len(request.messages) > self.max_messages:
+            raise EngineError(
+                "too_many_messages",
+                f"{len(request.messages)} messages exceed max_messages ({self.max_messages})",
+                param="messages",
+            )
+        wanted = request.sampling.max_tokens
+        cap = self.max_completion_tokens
+        if wanted is not None and cap is not None and wanted > cap:
+            raise EngineError(
+                "max_tokens_too_large",
+                f"max_tokens {wanted} exceeds max_completion_tokens ({self.max_completion_tokens})",
+                param="max_tokens",
+            )
+
+
+@dataclass(frozen=True)
 class Routed:
     """An admitted request: which backend serves it, why, and its stream of chunks."""
 
@@ -43,6 +67,7 @@ class Router:
         governor: ResourceGovernor,
         metrics: Metrics,
         default_route: str = "prefer_local",
+        limits: RequestLimits | None = None,
     ) -> None:
         self.local = local
         self.names = names
@@ -50,6 +75,7 @@ class Router:
         self.governor = governor
         self.metrics = metrics
         self.default_route = default_route
+        self.limits = limits or RequestLimits()
         self.draining = False  # shutting down: new requests are refused
         self.previous: LocalEngine | None = None  # a replaced model finishing its requests
 
@@ -63,6 +89,7 @@ class Router:
                 "server_draining", "The gateway is shutting down; retry on another",
                 status=503, retry_after_s=self.local.limits.retry_after_s,
             )  # fmt: skip
+        self.limits.check(request)
         prepared = self.prepare(request)
         route = request.route or self.default_route
         if route == "local_only":

@@ -1,0 +1,1 @@
+"""Who may use the daemon and how much: API keys, request limits, rate limits."""

@@ -1,0 +1,282 @@
+"""Soak under faults: mixed HTTP and MQTT traffic (streaming, cancels) against a gateway
+with a cloud endpoint, while the broker restarts, the cloud endpoint is killed and comes
+back, memory pressure comes and goes, and SIGHUP asks for a reload. At the end it counts
+what was sent, answered, rejected (with reasons), cancelled, lost (must be 0) and
+duplicated (must be 0), and the gateway's RSS and file-descriptor growth. One table.
+
+Usage: python scripts/soak.py [--duration-s 300]   (CI runs a 20-second version)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import json
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import Daemon, start_daemon  # noqa: E402  (the repo's own fixtures)
+from tests.mqtt_support import Broker, Device  # noqa: E402
+
+ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Status of pump 4?"}]}
+
+
+@dataclass
+class Report:
+    sent: collections.Counter = field(default_factory=collections.Counter)
+    answered: collections.Counter = field(default_factory=collections.Counter)
+    cancelled: collections.Counter = field(default_factory=collections.Counter)
+    rejected: collections.Counter = field(default_factory=collections.Counter)  # by reason
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)  # answered twice, differently
+    redelivered: int = 0  # the same final again (at-least-once; clients dedupe by id)
+    faults: collections.Counter = field(default_factory=collections.Counter)
+    rss_mib: tuple[float, float] = (0.0, 0.0)
+    fds: tuple[int, int] = (0, 0)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, bucket: collections.Counter, key: str) -> None:
+        with self.lock:
+            bucket[key] += 1
+
+    def table(self) -> str:
+        rows = [
+            ("requests sent", f"http {self.sent['http']}, mqtt {self.sent['mqtt']}"),
+            ("answered", f"http {self.answered['http']}, mqtt {self.answered['mqtt']}"),
+            ("cancelled by the client", f"http {self.cancelled['http']}, "
+                                        f"mqtt {self.cancelled['mqtt']}"),
+            ("rejected, by reason", ", ".join(f"{k} {v}" for k, v in self.rejected.items())
+             or "none"),
+            ("lost", str(len(self.lost))),
+            ("duplicated (generated twice)", str(len(self.duplicated))),
+            ("finals redelivered unchanged", str(self.redelivered)),
+            ("faults", ", ".join(f"{k} {v}" for k, v in self.faults.items())),
+            ("gateway RSS MiB (after warm-up -> end)", f"{self.rss_mib[0]:.0f} -> "
+                                                       f"{self.rss_mib[1]:.0f}"),
+            ("gateway open fds (after warm-up -> end)", f"{self.fds[0]} -> {self.fds[1]}"),
+        ]  # fmt: skip
+        width = max(len(r[0]) for r in rows)
+        return "\n".join(
+            ["| what | count |", "| --- | --- |"]
+            + [f"| {name:<{width}} | {value} |" for name, value in rows]
+        )
+
+
+def _http_worker(gateway: Daemon, stop: threading.Event, report: Report, seed: int) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        while not stop.is_set():
+            report.count(report.sent, "http")
+            body = {**ASK, "max_tokens": rng.randint(4, 64), "temperature": 0.7}
+            route = rng.choice(["prefer_local", "prefer_local", "local_only", "prefer_cloud"])
+            headers = {"X-Edge-Route": route}
+            try:
+                if rng.random() < 0.5:
+                    reply = client.post("/v1/chat/completions", json=body, headers=headers)
+                    _count_http(report, reply.status_code, reply)
+                    continue
+                streaming = {**body, "stream": True}
+                with client.stream(
+                    "POST", "/v1/chat/completions", json=streaming, headers=headers
+                ) as streamed:
+                    if streamed.status_code != 200:
+                        streamed.read()
+                        _count_http(report, streamed.status_code, streamed)
+                        continue
+                    cancel_after = rng.randint(1, 8) if rng.random() < 0.2 else None
+                    for number, line in enumerate(streamed.iter_lines()):
+                        if cancel_after is not None and number >= cancel_after:
+                            report.count(report.cancelled, "http")
+                            break
+                        if line == "data: [DONE]":
+                            report.count(report.answered, "http")
+                            break
+                    else:
+                        report.lost.append("http stream ended without [DONE]")
+            except httpx.HTTPError as exc:
+                report.lost.append(f"http {type(exc).__name__}: {exc}")
+
+
+def _count_http(report: Report, status: int, reply: httpx.Response) -> None:
+    if status == 200:
+        report.count(report.answered, "http")
+        return
+    try:
+        code = reply.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = str(status)
+    report.count(report.rejected, f"http {status} {code}")
+
+
+def _mqtt_traffic(
+    broker: Broker, stop: threading.Event, report: Report, seed: int
+) -> dict[str, list[dict]]:
+    """Publish requests until `stop`, then wait for every answer; returns replies by id."""
+    rng = random.Random(seed)
+    device = Device(broker, persistent=True)
+    sent: list[str] = []
+    while not stop.is_set():
+        body = {**ASK, "max_tokens": rng.randint(4, 48), "stream": rng.random() < 0.3}
+        try:
+            correlation = device.request("gw-soak", body)
+        except (RuntimeError, ValueError):  # the broker is restarting: try again
+            time.sleep(0.2)
+            continue
+        report.count(report.sent, "mqtt")
+        sent.append(correlation)
+        if rng.random() < 0.1:
+            device.cancel("gw-soak", correlation)
+        time.sleep(rng.uniform(0.02, 0.15))
+    replies: dict[str, list[dict]] = collections.defaultdict(list)
+    deadline = time.monotonic() + 90
+    pending = set(sent)
+    while pending and time.monotonic() < deadline:
+        item = device._take(lambda t, p, c: t == device.reply_topic, 1.0)
+        if item is None:
+            continue
+        key = item[2].decode() if item[2] is not None else item[1].get("id")
+        if item[1].get("type") in ("final", "rejected"):
+            replies[key].append(item[1])
+            pending.discard(key)
+    for correlation in sent:  # duplicates that arrive late still count
+        _settle(report, correlation, replies.get(correlation, []))
+    return replies
+
+
+def _settle(report: Report, correlation: str, finals: list[dict]) -> None:
+    """MQTT is at-least-once: the same final may arrive again after a broker restart (a
+    device keeps the first). Two *different* finals would mean the request ran twice."""
+    distinct = {json.dumps(f, sort_keys=True) for f in finals}
+    if not finals:
+        report.lost.append(f"mqtt {correlation}: no final")
+    elif len(distinct) > 1:
+        report.duplicated.append(f"mqtt {correlation}: {len(distinct)} different finals")
+    else:
+        report.redelivered += len(finals) - 1
+    final = finals[0] if finals else {}
+    if final.get("type") == "rejected":
+        report.count(report.rejected, f"mqtt {final['code']}")
+    elif final.get("finish_reason") == "cancelled":
+        report.count(report.cancelled, "mqtt")
+    elif final:
+        report.count(report.answered, "mqtt")
+
+
+def _faults(
+    broker: Broker,
+    cloud: list[Daemon],
+    gateway: Daemon,
+    stop: threading.Event,
+    report: Report,
+    every_s: float,
+) -> None:
+    """One fault every `every_s` seconds, in turn, each undone before the next."""
+    for fault in itertools.cycle(["broker", "cloud", "memory", "sighup"]):
+        if stop.wait(every_s):
+            return
+        report.count(report.faults, fault)
+        if fault == "broker":
+            broker.stop()
+            time.sleep(1.0)
+            broker.start()
+        elif fault == "cloud":
+            cloud[0].process.kill()
+            cloud[0].process.wait(10)
+            time.sleep(1.0)
+            cloud[0] = start_daemon("--http-port", cloud[0].url.rsplit(":", 1)[1])
+        elif fault == "memory":
+            _memory_pressure(seconds=2.0)
+        else:
+            gateway.process.send_signal(signal.SIGHUP)
+
+
+def _memory_pressure(seconds: float) -> None:
+    """Hold enough memory that the gateway's governor sees it short (its reserve is set to
+    leave 250 MiB of what is available now, this takes 400)."""
+    block = bytearray(400 * 2**20)
+    block[::4096] = b"\1" * len(block[::4096])  # touch every page
+    time.sleep(seconds)
+    del block
+
+
+def soak(
+    duration_s: float, workdir: Path, fault_every_s: float = 4.0, http_workers: int = 2
+) -> Report:
+    report = Report()
+    broker = Broker(workdir / "broker")
+    (workdir / "broker").mkdir(parents=True, exist_ok=True)
+    broker.start()
+    cloud = [start_daemon()]
+    available_mb = psutil.virtual_memory().available / 2**20
+    gateway = start_daemon(
+        "--mqtt-url", broker.url, "--device-id", "gw-soak", "--cloud",
+        f"openai={cloud[0].url}/v1", "--breaker-cooldown-s", "2", "--probe-interval-s", "1",
+        "--memory-reserve-mb", str(int(available_mb - 250)), "--memory-resume-mb",
+        str(int(available_mb - 200)), "--cpu-enter-percent", "100", "--max-queue", "64",
+    )  # fmt: skip
+    process = psutil.Process(gateway.process.pid)
+    stop = threading.Event()
+    try:
+        warm = httpx.post(f"{gateway.url}/v1/chat/completions", json={**ASK, "max_tokens": 4})
+        warm.raise_for_status()
+        start_rss, start_fds = process.memory_info().rss, process.num_fds()
+        workers = [
+            threading.Thread(target=_http_worker, args=(gateway, stop, report, n))
+            for n in range(http_workers)
+        ]
+        workers.append(
+            threading.Thread(
+                target=_faults, args=(broker, cloud, gateway, stop, report, fault_every_s)
+            )
+        )
+        for worker in workers:
+            worker.start()
+        mqtt = threading.Thread(target=_mqtt_traffic, args=(broker, stop, report, 99))
+        mqtt.start()
+        time.sleep(duration_s)
+        stop.set()
+        for worker in workers:
+            worker.join(120)
+        mqtt.join(180)
+        if gateway.process.poll() is not None:
+            report.lost.append(f"the gateway exited with {gateway.process.returncode}")
+        else:
+            report.rss_mib = (start_rss / 2**20, process.memory_info().rss / 2**20)
+            report.fds = (start_fds, process.num_fds())
+    finally:
+        for daemon in (gateway, cloud[0]):
+            if daemon.process.poll() is None:
+                daemon.stop()
+        broker.stop()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=300)
+    parser.add_argument("--fault-every-s", type=float, default=4.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        report = soak(args.duration_s, Path(workdir), args.fault_every_s)
+    print(f"\nsoak for {args.duration_s:.0f} s with a fault every {args.fault_every_s:g} s\n")
+    print(report.table())
+    for problem in (report.lost + report.duplicated)[:20]:
+        print("  -", problem)
+    sys.exit(1 if report.lost or report.duplicated else 0)
+
+
+if __name__ == "__main__":
+    main()

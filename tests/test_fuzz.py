@@ -1,0 +1,124 @@
+"""Fuzzing: schemathesis drives every route of the daemon's own OpenAPI document with
+generated valid and invalid requests; hypothesis throws malformed MQTT traffic at a real
+broker. The daemon must never answer 5xx, must answer every request-shaped MQTT message
+exactly once, and must stay up. CI runs a few hundred cases; scripts/fuzz.py runs more."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+)
+
+from tests.conftest import Daemon, start_daemon
+from tests.mqtt_support import Broker, Device
+
+EXAMPLES = int(os.environ.get("EDGE_AGENT_FUZZ_EXAMPLES", "15"))  # per operation
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> Iterator[Daemon]:
+    # A short context keeps each generated completion quick.
+    instance = start_daemon("--max-context", "256", "--max-queue", "64")
+    yield instance
+    assert instance.process.poll() is None, "the daemon died under fuzzing"
+    instance.stop()
+
+
+def test_no_route_answers_5xx_or_off_schema(fuzzed: Daemon) -> None:
+    schema = schemathesis.openapi.from_url(f"{fuzzed.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15  # every route is in the document
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES, deadline=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        def fuzz(case) -> None:
+            case.call_and_validate(
+                checks=[not_a_server_error, content_type_conformance,
+                        response_schema_conformance],
+                timeout=60,
+            )  # fmt: skip
+
+        fuzz()
+
+
+# ---- MQTT ---------------------------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+REQUESTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["tiny", "nope", ""]) | st.integers(),
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "robot"]),
+                                   "content": st.text(max_size=40) | st.integers()}),
+            max_size=3,
+        ) | JSON_VALUES,
+        "max_tokens": st.integers(min_value=-5, max_value=40) | st.text(max_size=3),
+        "temperature": st.floats(allow_nan=False, allow_infinity=False, min_value=-1, max_value=3),
+        "stream": st.booleans(),
+        "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=3),
+        "response_format": JSON_VALUES,
+        "tools": JSON_VALUES,
+    },
+)  # fmt: skip
+PAYLOADS = (
+    REQUESTS.map(lambda body: json.dumps(body).encode())
+    | JSON_VALUES.map(lambda value: json.dumps(value).encode())
+    | st.binary(max_size=64)
+)
+
+
+@pytest.fixture(scope="module")
+def mqtt_gateway(tmp_path_factory) -> Iterator[tuple[Broker, Daemon, Device]]:
+    broker = Broker(tmp_path_factory.mktemp("broker")).start()
+    daemon = start_daemon("--mqtt-url", broker.url, "--device-id", "gw-fuzz",
+                          "--max-context", "256", "--max-queue", "64")  # fmt: skip
+    yield broker, daemon, Device(broker)
+    assert daemon.process.poll() is None, "the daemon died under MQTT fuzzing"
+    daemon.stop()
+    broker.stop()
+
+
+@given(payload=PAYLOADS)
+@settings(max_examples=EXAMPLES * 8, deadline=None,
+          suppress_health_check=list(HealthCheck))  # fmt: skip
+def test_every_mqtt_request_gets_exactly_one_answer(mqtt_gateway, payload: bytes) -> None:
+    _, _, device = mqtt_gateway
+    correlation = device.request("gw-fuzz", payload)
+    replies = device.replies(correlation, timeout_s=30)
+    assert replies[-1]["type"] in ("final", "rejected")
+    assert [r["type"] for r in replies].count(replies[-1]["type"]) == 1
+    if replies[-1]["type"] == "rejected":
+        assert replies[-1]["code"] and replies[-1]["message"]
+
+
+@given(topic=st.sampled_from(["edge-agent/v1/gw-fuzz/infer/cancel",
+                              "edge-agent/v1/gw-fuzz/infer/unknown",
+                              "edge-agent/v1/gw-fuzz/infer/req/extra"]),
+       payload=st.binary(max_size=64))  # fmt: skip
+@settings(max_examples=EXAMPLES * 2, deadline=None,
+          suppress_health_check=list(HealthCheck))  # fmt: skip
+def test_stray_topics_and_cancels_do_no_harm(mqtt_gateway, topic: str, payload: bytes) -> None:
+    _, daemon, device = mqtt_gateway
+    device.client.publish(topic, payload, qos=1).wait_for_publish(10)
+    assert httpx.get(f"{daemon.url}/health", timeout=10).status_code == 200
