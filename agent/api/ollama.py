@@ -24,7 +24,6 @@ from agent.engine.types import (
     ResponseFormat,
     Route,
     SamplingParams,
-    Tool,
     ToolCall,
 )
 from agent.models import modelfile
@@ -195,10 +194,7 @@ async def chat(body: ChatBody, request: Request) -> Any:
         messages=tuple(m.to_internal() for m in body.messages),
         sampling=body.options.sampling(),
         route=body.route,
-        tools=tuple(
-            Tool(t.function.name, t.function.description, t.function.parameters)
-            for t in body.tools or ()
-        ),
+        tools=tuple(t.to_internal() for t in body.tools or ()),
         response_format=response_format(body.format),
     )
     if not internal.messages:  # Ollama: an empty chat just loads the model

@@ -76,6 +76,9 @@ class ToolIn(BaseModel):
     type: Literal["function"]
     function: FunctionIn
 
+    def to_internal(self) -> Tool:
+        return Tool(self.function.name, self.function.description, self.function.parameters)
+
 
 class NamedFunction(BaseModel):
     name: str
@@ -186,10 +189,7 @@ class ChatCompletionRequest(SamplingFields):
             messages=tuple(m.to_internal() for m in self.messages),
             sampling=self.sampling(limit),
             route=self.route,
-            tools=tuple(
-                Tool(t.function.name, t.function.description, t.function.parameters)
-                for t in self.tools or ()
-            ),
+            tools=tuple(t.to_internal() for t in self.tools or ()),
             tool_choice=self._tool_choice(),
             parallel_tool_calls=self.parallel_tool_calls,
             response_format=self.response_format.to_internal() if self.response_format else None,
