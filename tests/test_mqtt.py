@@ -176,6 +176,27 @@ def test_duplicate_correlation_is_answered_once(broker: Broker, gateway) -> None
     assert again == first  # the cached final, not a second run
 
 
+def test_a_final_given_before_a_crash_is_given_again_not_rerun(
+    broker: Broker, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state")
+    device = Device(broker)
+    body = {**ASK, "max_tokens": 6, "temperature": 1.0}  # a second run would differ
+    daemon, device_id = mqtt_daemon(broker, "--state-dir", state)
+    correlation = device.request(device_id, body)
+    first = device.replies(correlation)[-1]
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(10)
+    restarted, _ = mqtt_daemon(broker, "--state-dir", state, device_id=device_id)
+    try:
+        # What the broker does when the acknowledgement died with the process.
+        device.request(device_id, body, correlation=correlation)
+        assert device.replies(correlation)[-1] == first
+        assert sum(restarted.status()["finished"].values()) == 0  # nothing ran again
+    finally:
+        restarted.stop()
+
+
 def test_broker_restart_mid_stream_loses_nothing(broker: Broker, gateway) -> None:
     _, device_id = gateway
     device = Device(broker, persistent=True)

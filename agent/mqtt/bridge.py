@@ -4,7 +4,8 @@ At-least-once without loss: a request is acknowledged to the broker only once it
 reply has been acknowledged by the broker (persistent session, manual acks), so a broker
 or daemon restart redelivers whatever was not answered. Redeliveries are recognised by
 correlation id: one in flight is answered by the running request, one already answered
-gets the cached final again.
+gets the cached final again. Finals are spooled to the state directory before they are
+published, so this holds across a crash too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agent.mqtt.topics import Topics
 from agent.routing.router import Router
 from agent.security.rate_limit import RateLimiter, retry_after
 from agent.settings import Settings
+from agent.state.finals import FinalsSpool
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +54,16 @@ class MqttBridge:
         self._ready = asyncio.Event()
         self._inflight: dict[str, _InFlight] = {}
         self._finals: OrderedDict[str, tuple[float, ReplyRoute, dict]] = OrderedDict()
+        self.spool = FinalsSpool(settings.state_dir / f"mqtt-finals-{settings.device_id}.jsonl")
+        for entry in self.spool.load():  # finals given before a crash or restart
+            route = ReplyRoute(
+                entry["route"]["topic"],
+                bytes.fromhex(entry["route"]["correlation"])
+                if entry["route"]["correlation"] is not None
+                else None,
+                entry["route"]["request_id"],
+            )
+            self._finals[entry["key"]] = (entry["expires"], route, entry["payload"])
         self._tasks: set[asyncio.Task] = set()
         self.connection: Connection | None = None
         self.draining = False
@@ -262,11 +274,20 @@ class MqttBridge:
         entry = self._inflight.pop(key, None)
         for timer in entry.timers if entry else ():
             timer.cancel()
+        now = time.time()
+        expires = now + self.settings.mqtt_dedupe_ttl_s
+        # On disk before it is published: a crash between the two is answered from here.
+        self.spool.record({"key": key, "expires": expires, "route": _route_json(route),
+                           "payload": payload})  # fmt: skip
         self._reply(route, payload, entry.acks if entry else [])
-        now = time.monotonic()
-        self._finals[key] = (now + self.settings.mqtt_dedupe_ttl_s, route, payload)
+        self._finals[key] = (expires, route, payload)
         while self._finals and next(iter(self._finals.values()))[0] < now:
             self._finals.popitem(last=False)
+        if self.spool.compaction_due(len(self._finals)):
+            self.spool.compact(
+                [{"key": k, "expires": e, "route": _route_json(r), "payload": p}
+                 for k, (e, r, p) in self._finals.items()]
+            )  # fmt: skip
 
     def _replay(self, key: str, inbound: tuple[int, int]) -> bool:
         """A redelivered request: answered by the running one, or by its cached final."""
@@ -275,7 +296,7 @@ class MqttBridge:
             entry.acks.append(inbound)
             return True
         cached = self._finals.get(key)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and cached[0] > time.time():
             self._reply(cached[1], cached[2], [inbound])
             return True
         return False
@@ -284,3 +305,8 @@ class MqttBridge:
         self.connection.publish(
             route.topic, payload, correlation=route.correlation, ack_after=list(acks)
         )
+
+
+def _route_json(route: ReplyRoute) -> dict[str, str | None]:
+    correlation = route.correlation.hex() if route.correlation is not None else None
+    return {"topic": route.topic, "correlation": correlation, "request_id": route.request_id}
