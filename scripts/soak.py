@@ -1,10 +1,11 @@
 """Soak under faults: mixed HTTP and MQTT traffic (streaming, cancels) against a gateway
 with a cloud endpoint, while the broker restarts, the cloud endpoint is killed and comes
-back, memory pressure comes and goes, and SIGHUP asks for a reload. At the end it counts
+back, memory pressure comes and goes, SIGHUP asks for a reload, and the gateway itself is
+killed with kill -9 and restarted (same state directory and MQTT session). At the end it counts
 what was sent, answered, rejected (with reasons), cancelled, lost (must be 0) and
 duplicated (must be 0), and the gateway's RSS and file-descriptor growth. One table.
 
-Usage: python scripts/soak.py [--duration-s 300]   (CI runs a 20-second version)
+Usage: python scripts/soak.py [--duration-s 300] [--fault-every-s 4]   (CI: 24 s, every 2.5 s)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import Daemon, start_daemon  # noqa: E402  (the repo's own fixtures)
-from tests.mqtt_support import Broker, Device  # noqa: E402
+from tests.mqtt_support import Broker, Device, free_port  # noqa: E402
 
 ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Status of pump 4?"}]}
 
@@ -64,9 +65,9 @@ class Report:
             ("duplicated (generated twice)", str(len(self.duplicated))),
             ("finals redelivered unchanged", str(self.redelivered)),
             ("faults", ", ".join(f"{k} {v}" for k, v in self.faults.items())),
-            ("gateway RSS MiB (after warm-up -> end)", f"{self.rss_mib[0]:.0f} -> "
+            ("gateway RSS MiB (its process warmed up -> end)", f"{self.rss_mib[0]:.0f} -> "
                                                        f"{self.rss_mib[1]:.0f}"),
-            ("gateway open fds (after warm-up -> end)", f"{self.fds[0]} -> {self.fds[1]}"),
+            ("gateway open fds (its process warmed up -> end)", f"{self.fds[0]} -> {self.fds[1]}"),
         ]  # fmt: skip
         width = max(len(r[0]) for r in rows)
         return "\n".join(
@@ -75,7 +76,41 @@ class Report:
         )
 
 
-def _http_worker(gateway: Daemon, stop: threading.Event, report: Report, seed: int) -> None:
+@dataclass
+class Gateway:
+    """The gateway under test. A kill -9 replaces its process: same port, same state
+    directory, same MQTT session, as systemd's Restart= would bring it back."""
+
+    flags: tuple[str, ...]
+    daemon: Daemon = field(init=False)
+    killed_at: float = -1e9
+    baseline: tuple[int, int] = (0, 0)  # RSS and fds of the current process, warmed up
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return self.daemon.url
+
+    def start(self) -> None:
+        self.daemon = start_daemon(*self.flags)
+        warm = httpx.post(f"{self.url}/v1/chat/completions", json={**ASK, "max_tokens": 4})
+        warm.raise_for_status()
+        process = psutil.Process(self.daemon.process.pid)
+        self.baseline = (process.memory_info().rss, process.num_fds())
+
+    def kill_and_restart(self) -> None:
+        self.killed_at = time.monotonic()
+        self.daemon.process.kill()
+        self.daemon.process.wait(10)
+        self.start()
+
+    def cut_by_kill(self) -> bool:
+        return time.monotonic() - self.killed_at < 15
+
+
+def _http_worker(gateway: Gateway, stop: threading.Event, report: Report, seed: int) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=gateway.url, timeout=60) as client:
         while not stop.is_set():
@@ -107,7 +142,11 @@ def _http_worker(gateway: Daemon, stop: threading.Event, report: Report, seed: i
                     else:
                         report.lost.append("http stream ended without [DONE]")
             except httpx.HTTPError as exc:
-                report.lost.append(f"http {type(exc).__name__}: {exc}")
+                if gateway.cut_by_kill():  # HTTP has no redelivery: the client sees it fail
+                    report.count(report.rejected, "http connection cut by kill -9")
+                    time.sleep(0.2)  # as a client would, before trying again
+                else:
+                    report.lost.append(f"http {type(exc).__name__}: {exc}")
 
 
 def _count_http(report: Report, status: int, reply: httpx.Response) -> None:
@@ -178,13 +217,13 @@ def _settle(report: Report, correlation: str, finals: list[dict]) -> None:
 def _faults(
     broker: Broker,
     cloud: list[Daemon],
-    gateway: Daemon,
+    gateway: Gateway,
     stop: threading.Event,
     report: Report,
     every_s: float,
 ) -> None:
     """One fault every `every_s` seconds, in turn, each undone before the next."""
-    for fault in itertools.cycle(["broker", "cloud", "memory", "sighup"]):
+    for fault in itertools.cycle(["broker", "cloud", "memory", "sighup", "kill -9"]):
         if stop.wait(every_s):
             return
         report.count(report.faults, fault)
@@ -199,14 +238,17 @@ def _faults(
             cloud[0] = start_daemon("--http-port", cloud[0].url.rsplit(":", 1)[1])
         elif fault == "memory":
             _memory_pressure(seconds=2.0)
+        elif fault == "sighup":
+            gateway.daemon.process.send_signal(signal.SIGHUP)
         else:
-            gateway.process.send_signal(signal.SIGHUP)
+            gateway.kill_and_restart()
 
 
 def _memory_pressure(seconds: float) -> None:
     """Hold enough memory that the gateway's governor sees it short (its reserve is set to
-    leave 250 MiB of what is available now, this takes 400)."""
-    block = bytearray(400 * 2**20)
+    leave 1000 MiB of what is available at the start, this takes 1200; the model, loaded
+    again after a kill -9, still fits in the 1000)."""
+    block = bytearray(1200 * 2**20)
     block[::4096] = b"\1" * len(block[::4096])  # touch every page
     time.sleep(seconds)
     del block
@@ -221,18 +263,15 @@ def soak(
     broker.start()
     cloud = [start_daemon()]
     available_mb = psutil.virtual_memory().available / 2**20
-    gateway = start_daemon(
+    gateway = Gateway((
         "--mqtt-url", broker.url, "--device-id", "gw-soak", "--cloud",
         f"openai={cloud[0].url}/v1", "--breaker-cooldown-s", "2", "--probe-interval-s", "1",
-        "--memory-reserve-mb", str(int(available_mb - 250)), "--memory-resume-mb",
-        str(int(available_mb - 200)), "--cpu-enter-percent", "100", "--max-queue", "64",
-    )  # fmt: skip
-    process = psutil.Process(gateway.process.pid)
+        "--memory-reserve-mb", str(int(available_mb - 1000)), "--memory-resume-mb",
+        str(int(available_mb - 900)), "--cpu-enter-percent", "100", "--max-queue", "64",
+        "--http-port", str(free_port()), "--state-dir", str(workdir / "state"),
+    ))  # fmt: skip
     stop = threading.Event()
     try:
-        warm = httpx.post(f"{gateway.url}/v1/chat/completions", json={**ASK, "max_tokens": 4})
-        warm.raise_for_status()
-        start_rss, start_fds = process.memory_info().rss, process.num_fds()
         workers = [
             threading.Thread(target=_http_worker, args=(gateway, stop, report, n))
             for n in range(http_workers)
@@ -251,13 +290,15 @@ def soak(
         for worker in workers:
             worker.join(120)
         mqtt.join(180)
-        if gateway.process.poll() is not None:
-            report.lost.append(f"the gateway exited with {gateway.process.returncode}")
+        process = gateway.daemon.process
+        if process.poll() is not None:
+            report.lost.append(f"the gateway exited with {process.returncode}")
         else:
-            report.rss_mib = (start_rss / 2**20, process.memory_info().rss / 2**20)
-            report.fds = (start_fds, process.num_fds())
+            now = psutil.Process(process.pid)
+            report.rss_mib = (gateway.baseline[0] / 2**20, now.memory_info().rss / 2**20)
+            report.fds = (gateway.baseline[1], now.num_fds())
     finally:
-        for daemon in (gateway, cloud[0]):
+        for daemon in (gateway.daemon, cloud[0]):
             if daemon.process.poll() is None:
                 daemon.stop()
         broker.stop()
