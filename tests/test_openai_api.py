@@ -186,3 +186,10 @@ def test_openai_client_error_for_unknown_model(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         chat(client, model="llama-70b")
     assert "tiny" in raised.value.message
+
+
+def test_a_vanishing_temperature_decodes_greedily(client: openai.OpenAI) -> None:
+    # Found by schemathesis: 2e-220 with top_k made onnxruntime-genai refuse the turn (a 500).
+    greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
+    tiny = chat(client, max_tokens=8, temperature=2e-220, top_p=0.5, extra_body={"top_k": 5})
+    assert tiny.choices[0].message.content == greedy

@@ -56,6 +56,7 @@ _FINISH_REASONS = {
     og.FinishReason.CANCELLED: FinishReason.CANCELLED,
 }
 _BATCH_GATHER_S = 0.05  # longest wait for requests that are still being tokenized
+GREEDY_BELOW = 1e-4  # temperatures under this decode greedily
 
 
 @dataclass(frozen=True)
@@ -471,7 +472,8 @@ class LocalEngine:
         if sampling.min_tokens:
             options.set_min_generated_tokens(min(sampling.min_tokens, job.max_tokens))
         temperature = sampling.temperature
-        do_sample = defaults.do_sample if temperature is None else temperature > 0
+        # A vanishing temperature is greedy: og would resolve it so and then reject top_k.
+        do_sample = defaults.do_sample if temperature is None else temperature >= GREEDY_BELOW
         options.set_do_sample(do_sample)
         if do_sample:
             options.set_temperature(defaults.temperature if temperature is None else temperature)
