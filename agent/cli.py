@@ -162,19 +162,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        sys.exit(_serve(args))
-    if args.command == "chat":
-        sys.exit(_chat(args))
-    if args.command == "detect":
-        sys.exit(_detect(args))
-    if args.command == "fleet":
-        sys.exit(_fleet(args))
-    if args.command == "profiles":
-        sys.exit(_profiles(args))
-    if args.command == "models":
-        sys.exit(_models(args))
-    sys.exit(_status(args))
+    commands = {
+        "serve": _serve,
+        "chat": _chat,
+        "detect": _detect,
+        "fleet": _fleet,
+        "profiles": _profiles,
+        "models": _models,
+        "status": _status,
+    }
+    sys.exit(commands[args.command](args))
 
 
 def _serve(args: argparse.Namespace) -> int:

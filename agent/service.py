@@ -44,6 +44,7 @@ class Service:
         self.started_at = time.time()
         self.hardware: HardwareProfile = detect()
         self.engine = self._build_engine(settings.model)
+        self.profile_store = ProfileStore(settings.state_dir)  # one, for every model served
         self.names = self._names(self.info)
         self.cloud = CloudPool(
             settings.cloud,
@@ -176,9 +177,7 @@ class Service:
 
     def _names(self, info: ModelInfo) -> ModelNames:
         settings = self.settings
-        return ModelNames(
-            info, settings.profiles, settings.model_aliases, ProfileStore(settings.state_dir)
-        )
+        return ModelNames(info, settings.profiles, settings.model_aliases, self.profile_store)
 
     def _publish_model(self) -> None:
         self.metrics.load_time.set(self.engine.load_time_s)
