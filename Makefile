@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench model
+.PHONY: setup run test lint bench bench-peers model
 
 $(BIN)/edge-agent: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,13 @@ model:
 
 bench: setup
 	$(BIN)/python scripts/bench/local.py
+
+# The peer benchmark (scripts/bench/RESULTS.md): llama-cpp-python is compiled here. Its
+# native build can crash with SIGILL on CPUs with AMX, so those get an explicit ISA list.
+LLAMA_AMX_SAFE := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+bench-peers: setup
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+		if grep -qw amx_tile /proc/cpuinfo; then export CMAKE_ARGS="$(LLAMA_AMX_SAFE)"; fi; \
+		$(BIN)/pip install --no-cache-dir -e ".[bench-peers]"; }
+	$(BIN)/python scripts/bench/peers.py $(ARGS)

@@ -126,6 +126,7 @@ class Service:
                 default_max_tokens=settings.default_max_tokens,
                 retry_after_s=settings.retry_after_s,
                 batch_window_s=settings.batch_window_ms / 1000,
+                stream_interval_s=settings.stream_interval_ms / 1000,
                 fit_context=settings.fit_context,
                 max_prompt_tokens=settings.max_prompt_tokens,
             ),

@@ -131,8 +131,12 @@ class Settings(BaseSettings):
     max_tool_calls: int = Field(
         8, ge=1, le=64, description="most parallel tool calls in one local reply"
     )
-    batch_window_ms: float = Field(
-        10.0, ge=0.0, le=1000.0, description="gather concurrent arrivals"
+    batch_window_ms: float = Field(2.0, ge=0.0, le=1000.0, description="gather concurrent arrivals")
+    stream_interval_ms: float = Field(
+        25.0,
+        ge=0.0,
+        le=1000.0,
+        description="hand streamed tokens over at most this often (first token and end at once)",
     )
     default_max_tokens: int = Field(512, ge=1)
     retry_after_s: int = Field(2, ge=1)

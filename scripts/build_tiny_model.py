@@ -175,9 +175,11 @@ def _mark_tokenizer_class(hf_dir: Path) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def run_builder(hf_dir: Path, out: Path, precision: str, cache: Path) -> None:
-    """No prune_lm_head: onnxruntime-genai 0.18's static CPU og.Engine fails (an
-    ENGINE_EXECUTION_FAILURE on the first step) on models whose logits are pruned."""
+def run_builder(
+    hf_dir: Path, out: Path, precision: str, cache: Path, extra_options: tuple[str, ...] = ()
+) -> None:
+    """No prune_lm_head by default: onnxruntime-genai 0.18's static CPU og.Engine fails
+    (an ENGINE_EXECUTION_FAILURE on the first step) on models whose logits are pruned."""
     cmd = [
         sys.executable,
         "-m",
@@ -193,6 +195,8 @@ def run_builder(hf_dir: Path, out: Path, precision: str, cache: Path) -> None:
         "-c",
         str(cache),
     ]
+    if extra_options:
+        cmd += ["--extra_options", *extra_options]
     subprocess.run(cmd, check=True)
 
 

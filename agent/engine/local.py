@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnxruntime_genai as og
@@ -79,7 +79,8 @@ class EngineLimits:
     max_tool_calls: int = 8  # a small model can repeat calls until max_tokens otherwise
     default_max_tokens: int = 512
     retry_after_s: int = 2
-    batch_window_s: float = 0.01
+    batch_window_s: float = 0.002  # requests still being tokenized extend it
+    stream_interval_s: float = 0.025  # tokens between first and last go out this often
     fit_context: bool = False  # load with a shorter context rather than refuse
     max_prompt_tokens: int | None = None  # None: whatever the context leaves room for
 
@@ -104,13 +105,68 @@ class _Job:
     stop: StopMatcher | None = None
     stopped_by_string: bool = False
     admitted_at: float = 0.0
+    first_chunk: bool = True  # until the first text: the outbox sends that at once
     first_token_at: float = 0.0
     completion_tokens: int = 0
 
-    def post(self, chunk: Chunk) -> None:
+    def post(self, chunk: Chunk, outbox: _Outbox | None = None) -> None:
+        """Send a chunk to the request's stream: through the owner thread's outbox, or
+        straight to the loop from any other thread."""
         if chunk.finish_reason is not None:
             self.finished = True
-        self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
+        if outbox is None:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
+        else:
+            outbox.add(self, chunk)
+
+
+class _Outbox:
+    """Chunks from the owner thread to the event loop, one wakeup per engine step at most.
+
+    A step makes one token per running request; each call_soon_threadsafe wakes the loop
+    (a pipe write), and on a gateway with as many busy engine threads as cores every
+    wakeup takes a core from the engine. Batched per step, and while the loop has not yet
+    run the last delivery the next step's chunks join it, so a loop that falls behind
+    catches up in one wakeup instead of one per token. With an `interval`, tokens after a
+    request's first wait up to that long to go out together; first tokens and finals go at
+    once. One engine serves one event loop.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._held: list[tuple[_Job, Chunk]] = []
+        self._urgent = False
+        self._sent_at = 0.0
+        self._queued: list[tuple[_Job, Chunk]] = []
+        self._scheduled = False
+
+    def add(self, job: _Job, chunk: Chunk) -> None:
+        self._held.append((job, chunk))
+        first_text = job.first_chunk and bool(chunk.text)
+        self._urgent = self._urgent or first_text or chunk.finish_reason is not None
+        job.first_chunk = job.first_chunk and not first_text
+
+    def flush(self) -> None:
+        """Owner thread, after each step: hand the held chunks to the loop when due."""
+        if not self._held:
+            return
+        now = time.perf_counter()
+        if not self._urgent and now - self._sent_at < self._interval_s:
+            return
+        held, self._held, self._urgent, self._sent_at = self._held, [], False, now
+        with self._lock:
+            self._queued += held
+            if self._scheduled:
+                return
+            self._scheduled = True
+        held[0][0].loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            queued, self._queued, self._scheduled = self._queued, [], False
+        for job, chunk in queued:
+            job.out.put_nowait(chunk)
 
 
 class LocalEngine:
@@ -147,6 +203,7 @@ class LocalEngine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._outbox = _Outbox(limits.stream_interval_s)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -204,9 +261,22 @@ class LocalEngine:
         return chunks
 
     async def _stream(self, job: _Job) -> AsyncIterator[Chunk]:
+        """The job's chunks; tokens that arrived together go on as one chunk, so a reader
+        that fell behind (a busy loop) writes one SSE event or MQTT chunk for them."""
         try:
             while True:
                 chunk = await job.out.get()
+                while chunk.finish_reason is None and not job.out.empty():
+                    following = job.out.get_nowait()
+                    if following.finish_reason is not None:
+                        yield chunk
+                        chunk = following
+                        break
+                    chunk = replace(
+                        chunk,
+                        text=chunk.text + following.text,
+                        token_ids=chunk.token_ids + following.token_ids,
+                    )
                 yield chunk
                 if chunk.finish_reason is not None:
                     return
@@ -312,6 +382,7 @@ class LocalEngine:
                 if batch is None:
                     break
                 active = [job for job in batch if self._begin(job)]
+                self._outbox.flush()  # refusals from _begin
                 log.debug("batch started", size=len(active))
                 self._running = len(active)
                 continue
@@ -331,12 +402,14 @@ class LocalEngine:
                         self._finish(job, FinishReason.ERROR, error=f"engine step failed: {exc}")
                     job.og_request.close()
                 active = []
+            self._outbox.flush()
             self.steps += 1
             self._running = len(active)
         for job in active:
             self._finish(job, FinishReason.CANCELLED)
             if job.og_request is not None:
                 job.og_request.close()
+        self._outbox.flush()
         self._tokenizer = None
         del self._engine
 
@@ -512,12 +585,16 @@ class LocalEngine:
             text = self._markup_tokens.get(token) or job.stream.decode(token)
         emit, stopped = job.stop.feed(text)
         if stopped:
-            job.post(Chunk(text=emit, token_ids=(token,)))
+            self._post(job, Chunk(text=emit, token_ids=(token,)))
             self._finish(job, FinishReason.STOP)
             job.og_request.cancel_turn(job.turn_id)
             job.cancel_sent = True
             return
-        job.post(Chunk(text=emit, token_ids=(token,)))
+        self._post(job, Chunk(text=emit, token_ids=(token,)))
+
+    def _post(self, job: _Job, chunk: Chunk) -> None:
+        on_owner = threading.current_thread() is self._thread
+        job.post(chunk, self._outbox if on_owner else None)
 
     def _finish(
         self, job: _Job, reason: FinishReason, *, tail: str = "", error: str | None = None
@@ -526,7 +603,8 @@ class LocalEngine:
         start = job.admitted_at or end
         first = job.first_token_at or end
         decode_s = end - first
-        job.post(
+        self._post(
+            job,
             Chunk(
                 text=tail,
                 finish_reason=reason,
@@ -542,7 +620,7 @@ class LocalEngine:
                     if job.completion_tokens > 1 and decode_s > 0
                     else 0.0,
                 ),
-            )
+            ),
         )
         with self._cond:
             self.finished[reason.value] += 1

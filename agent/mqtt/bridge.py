@@ -236,19 +236,21 @@ class MqttBridge:
         interval = self.settings.mqtt_chunk_interval_ms / 1000
         parts: list[str] = []
         pending: list[str] = []
-        seq, flushed_at = 0, loop.time()
+        seq, flushed_at, pending_tokens = 0, loop.time(), 0
         async for chunk in routed.chunks:
             entry.started = entry.started or bool(chunk.token_ids)
             parts.append(chunk.text)
             if body.stream and chunk.text:
                 pending.append(chunk.text)
-            due = len(pending) >= self.settings.mqtt_chunk_tokens
+            pending_tokens += len(chunk.token_ids)
+            # The first text goes at once (time to first token); then batches of tokens.
+            due = seq == 0 or pending_tokens >= self.settings.mqtt_chunk_tokens
             due = due or (loop.time() - flushed_at) >= interval or chunk.finish_reason is not None
             if pending and due:
                 seq += 1
                 self._reply(route, messages.chunk(route, seq, "".join(pending)))
                 pending.clear()
-                flushed_at = loop.time()
+                flushed_at, pending_tokens = loop.time(), 0
             if chunk.finish_reason is not None:
                 reason = "expired" if entry.expired else chunk.finish_reason.value
                 payload = messages.final(

@@ -1,0 +1,309 @@
+"""The engines peers.py compares, each behind one interface: run a prompt, time the tokens.
+
+Every peer runs in a process of its own (its peak RSS is that process's VmHWM) and makes
+exactly `tokens` greedy tokens, end-of-sequence ignored: raw engines in engine_worker.py,
+the daemon over HTTP (OpenAI SSE) and MQTT (chunk messages), llama.cpp's server over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as paho
+from bench_common import REPO, free_port
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+WORKER = Path(__file__).with_name("engine_worker.py")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The same prompt two ways: a chat (MQTT) and its rendered text (completions)."""
+
+    chat: list[dict]
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Run:
+    ttft_s: float
+    decode_tps: float
+    generated: int
+    prompt_tokens: int
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def current_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Peer:
+    label: str
+    pid: int
+
+    def run(self, prompt: Prompt, tokens: int) -> Run:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def concurrent_runs(peer: Peer, prompts: list[Prompt], tokens: int) -> tuple[list[Run], float]:
+    """One request per prompt, all at once; their runs and the wall time to the last end."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        runs = list(pool.map(lambda prompt: peer.run(prompt, tokens), prompts))
+    return runs, time.perf_counter() - started
+
+
+class WorkerPeer(Peer):
+    """An in-process engine (engine_worker.py) in its own process, one request at a time."""
+
+    def __init__(self, label: str, engine: str, model: Path, threads: int, max_length: int):
+        self.label = label
+        self.process = subprocess.Popen(
+            [sys.executable, str(WORKER), engine, str(model), "--threads", str(threads),
+             "--max-length", str(max_length)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.pid = self.process.pid
+        if json.loads(self.process.stdout.readline()).get("ready") is not True:
+            raise RuntimeError(f"{label} did not start")
+
+    def run(self, prompt: Prompt, tokens: int) -> Run:
+        self.process.stdin.write(json.dumps({"prompt": prompt.text, "tokens": tokens}) + "\n")
+        self.process.stdin.flush()
+        return Run(**json.loads(self.process.stdout.readline()))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+def stream_sse(client: httpx.Client, url: str, body: dict) -> tuple[float, list[float], int]:
+    """POST a streaming OpenAI completion; (start, stamps of text chunks, usage tokens)."""
+    started = time.perf_counter()
+    stamps, generated = [], 0
+    with client.stream("POST", url, json=body) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event["choices"] and event["choices"][0].get("text"):
+                stamps.append(time.perf_counter())
+            if event.get("usage"):
+                generated = event["usage"]["completion_tokens"]
+    return started, stamps, generated or len(stamps)
+
+
+def sse_run(started: float, stamps: list[float], generated: int, prompt: Prompt) -> Run:
+    # Text deltas can hold back a byte-level token or two: tokens/s uses the token count.
+    return Run(
+        ttft_s=stamps[0] - started,
+        decode_tps=(generated - 1) / (stamps[-1] - stamps[0]),
+        generated=generated,
+        prompt_tokens=prompt.tokens,
+    )
+
+
+class Daemon:
+    """`edge-agent serve` on a model, with HTTP on a free loopback port and MQTT."""
+
+    def __init__(self, model: Path, max_length: int, threads: int, mqtt_port: int | None):
+        self.state = tempfile.TemporaryDirectory()
+        self.finished: list[dict] = []
+        command = [
+            sys.executable, "-m", "agent", "serve", "--model", str(model), "--http-port", "0",
+            "--provider", "cpu", "--threads", str(threads), "--max-context", str(max_length),
+            "--max-batch", "8", "--max-queue", "64", "--log-format", "json",
+            "--state-dir", self.state.name,
+        ]  # fmt: skip
+        if mqtt_port is not None:
+            command += ["--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--device-id", "bench"]
+        spawned = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+        self.pid = self.process.pid
+        try:
+            self.url = self._wait_ready()
+            self.cold_start_s = time.perf_counter() - spawned
+            self.client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=16))
+            status = self.client.get(f"{self.url}/v1/agent/status").json()
+            self.load_time_s = status["model"]["load_time_s"]
+            self.model_name = status["model"]["name"]
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self) -> str:
+        for line in self.process.stderr:
+            event = json.loads(line)
+            if event.get("event") == "ready":
+                threading.Thread(target=self._read_log, daemon=True).start()
+                return event["url"]
+        raise RuntimeError("the daemon exited before it was ready")
+
+    def _read_log(self) -> None:
+        """Keep the server-side view of each request (its "request finished" line)."""
+        for line in self.process.stderr:
+            event = json.loads(line)
+            if event.get("event") == "request finished":
+                self.finished.append(event)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.state.cleanup()
+
+
+class DaemonHttp(Peer):
+    label = "daemon HTTP SSE"
+
+    def __init__(self, daemon: Daemon):
+        self.daemon, self.pid = daemon, daemon.pid
+
+    def run(self, prompt: Prompt, tokens: int) -> Run:
+        body = {
+            "model": self.daemon.model_name, "prompt": prompt.text, "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+        }  # fmt: skip
+        timing = stream_sse(self.daemon.client, f"{self.daemon.url}/v1/completions", body)
+        return sse_run(*timing, prompt)
+
+    def close(self) -> None:
+        self.daemon.close()
+
+
+class DaemonMqtt(Peer):
+    """A paho MQTT 5 device: the request on infer/req, chunks and the final on its topic."""
+
+    label = "daemon MQTT"
+
+    def __init__(self, daemon: Daemon, port: int):
+        self.pid, self.model_name = daemon.pid, daemon.model_name
+        self.topic = f"bench/{uuid.uuid4().hex[:6]}"
+        self.waiting: dict[bytes, queue.Queue] = {}
+        self.client = paho.Client(
+            callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
+        )
+        subscribed = threading.Event()
+        self.client.on_connect = lambda c, *a: c.subscribe(self.topic, 1)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("MQTT subscribe timed out")
+
+    def _on_message(self, client, userdata, message) -> None:
+        reply = json.loads(message.payload)
+        self.waiting[message.properties.CorrelationData].put((time.perf_counter(), reply))
+
+    def run(self, prompt: Prompt, tokens: int) -> Run:
+        correlation = uuid.uuid4().bytes
+        replies: queue.Queue = queue.Queue()
+        self.waiting[correlation] = replies
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = self.topic
+        properties.CorrelationData = correlation
+        body = {
+            "model": self.model_name, "messages": prompt.chat, "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True, "stream": True,
+        }  # fmt: skip
+        started = time.perf_counter()
+        topic = "edge-agent/v1/bench/infer/req"
+        self.client.publish(topic, json.dumps(body), 1, properties=properties)
+        first = None
+        while True:
+            at, reply = replies.get(timeout=600)
+            if reply["type"] == "chunk" and first is None:
+                first = at
+            elif reply["type"] == "rejected":
+                raise RuntimeError(f"MQTT request rejected: {reply}")
+            elif reply["type"] == "final":
+                break
+        del self.waiting[correlation]
+        usage = reply["usage"]
+        generated = usage["completion_tokens"]
+        return Run(
+            ttft_s=first - started,
+            decode_tps=(generated - 1) / (at - first),
+            generated=generated,
+            prompt_tokens=usage["prompt_tokens"],
+        )
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class LlamaServer(Peer):
+    """`python -m llama_cpp.server` on the GGUF, on a free loopback port."""
+
+    label = "llama_cpp.server HTTP"
+
+    def __init__(self, gguf: Path, threads: int, max_length: int, parallel: int = 1):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+             "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
+             "--n_threads_batch", str(threads), "--n_ctx", str(max_length * parallel),
+             "--n_batch", "512", "--interrupt_requests", "false", "--verbose", "false"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.pid = self.process.pid
+        self.client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=16))
+        for _ in range(600):
+            try:
+                if self.client.get(f"{self.url}/v1/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError("llama_cpp.server exited while starting")
+            time.sleep(0.1)
+
+    def run(self, prompt: Prompt, tokens: int) -> Run:
+        # No min_tokens: the server does it in a Python logits processor, a per-token cost
+        # the others do not pay; random weights seldom pick end-of-sequence (the table
+        # shows the tokens made).
+        body = {"prompt": prompt.text, "max_tokens": tokens, "temperature": 0, "stream": True}
+        timing = stream_sse(self.client, f"{self.url}/v1/completions", body)
+        return sse_run(*timing, prompt)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)

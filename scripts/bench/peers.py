@@ -1,0 +1,360 @@
+"""Benchmark: the daemon against raw onnxruntime-genai and llama.cpp, side by side in one run.
+
+One command: builds (or reuses) the bench model (scripts/build_bench_model.py, in
+.venv-build) as onnxruntime-genai int4 (`cpu-int4`, what the daemon serves, and
+`cpu-int4-pruned`, prune_lm_head=true) and, when llama-cpp-python is installed (extra
+`bench-peers`), as GGUF Q4_0 made by llama.cpp's own converter and quantizer. Then, with
+the same thread count, prompt (a chat turn rendered to `--prompt-tokens` tokens) and
+`--tokens` greedy tokens (end-of-sequence ignored), it runs round by round, rotating the
+order so no engine always goes first:
+  raw og.Engine in-process (the daemon's engine, cpu-int4), raw og.Generator in-process
+  (cpu-int4-pruned), the daemon over HTTP (OpenAI SSE) and over MQTT, llama-cpp-python
+  in-process, and llama_cpp.server over HTTP.
+It prints one table (median TTFT, decode tokens/s, peak RSS, and decode as a fraction of
+the memory-bandwidth bound measured in the same run), the paired ratios against the
+targets in scripts/bench/RESULTS.md, a concurrency sweep (1/2/4/8 streams, daemon vs
+llama_cpp.server) and the daemon's footprint (idle RSS minus weights, cold start to
+ready on the bundled and the bench model); it writes a PNG bar chart.
+
+Usage: python scripts/bench/peers.py [--shape bench|phi4-mini] [--layers N] [--rounds 5]
+           [--tokens 128] [--prompt-tokens 128] [--threads 2] [--png FILE]
+           [--no-sweep] [--no-footprint]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import string
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from bench_common import REPO, start_broker
+from gguf import BUILD_PYTHON, ensure_gguf
+from peer_clients import (
+    Daemon,
+    DaemonHttp,
+    DaemonMqtt,
+    LlamaServer,
+    Peer,
+    Prompt,
+    Run,
+    WorkerPeer,
+    concurrent_runs,
+    current_rss,
+    peak_rss,
+)
+
+HERE = Path(__file__).parent
+MIB = 1 << 20
+SWEEP_LEVELS = (1, 2, 4, 8)
+
+
+def build_model(shape: str, layers: int | None, block_size: int) -> Path:
+    """The bench model's folder (scripts/build_bench_model.py builds what is missing)."""
+    name = "bench" if shape == "bench" else f"bench-{shape}-L{layers}"
+    model_dir = REPO / "models" / (name if block_size == 32 else f"{name}-bs{block_size}")
+    variants = ("cpu-int4", "cpu-int4-pruned")
+    if not all((model_dir / v / "genai_config.json").is_file() for v in variants):
+        if not BUILD_PYTHON.exists():
+            raise SystemExit("the build tools are missing: run `make model` first")
+        command = [BUILD_PYTHON, REPO / "scripts" / "build_bench_model.py", "--shape", shape]
+        command += ["--out", model_dir, "--block-size", str(block_size)]
+        subprocess.run([*command, *(["--layers", str(layers)] if layers else [])], check=True)
+    return model_dir
+
+
+def weight_bytes(model: Path, gguf_py: Path | None = None) -> dict[str, int]:
+    """Bytes a decode step streams (weight_bytes.py, in the build environment), cached."""
+    cache = model.with_name(model.name + ".weight_bytes.json")
+    if not cache.is_file():
+        command = [BUILD_PYTHON, HERE / "weight_bytes.py", model]
+        if gguf_py is not None:
+            command += ["--gguf-py", gguf_py]
+        cache.write_text(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    return json.loads(cache.read_text())
+
+
+def memory_bandwidth(threads: int) -> float:
+    """Read bandwidth in bytes/s: `threads` threads summing their share of 1 GiB (far
+    beyond any cache), best of three."""
+    data = np.ones(1 << 28, dtype=np.float32)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(3):
+            started = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, data.nbytes / (time.perf_counter() - started))
+    return best
+
+
+class Prompts:
+    """One-turn chats that render to exactly `prompt_tokens` tokens and differ from their
+    first content token on, handed out in turn: llama.cpp reuses the KV cache of a prompt
+    prefix it has just seen, so no engine may get the same prompt twice in a row."""
+
+    def __init__(self, variant: Path, prompt_tokens: int, count: int = 32) -> None:
+        import onnxruntime_genai as og
+
+        self.tokenizer = og.Tokenizer(og.Model(str(variant)))
+        words = " ".join(f"sensor {i} reports {i * 7 % 100} degrees." for i in range(400))
+        words = words.split()
+        low, high = 1, len(words)
+        while low < high:  # the most words that still fit behind a two-letter tag
+            middle = (low + high + 1) // 2
+            if self._render("ab " + " ".join(words[:middle]))[2] <= prompt_tokens:
+                low = middle
+            else:
+                high = middle - 1
+        body = " ".join(words[:low])
+        self.prompts: list[Prompt] = []
+        for first, second in itertools.product(string.ascii_lowercase, repeat=2):
+            content = f"{first}{second} {body}"
+            chat, text, length = self._render(content)
+            while length < prompt_tokens:  # top up one short token at a time
+                content += " x"
+                chat, text, length = self._render(content)
+            if length == prompt_tokens:
+                self.prompts.append(Prompt(chat, text, length))
+            if len(self.prompts) == count:
+                break
+        if len(self.prompts) < count:
+            raise SystemExit(f"could not make {count} prompts of {prompt_tokens} tokens")
+        self._next = itertools.cycle(range(count))
+
+    def _render(self, content: str) -> tuple[list[dict], str, int]:
+        chat = [{"role": "user", "content": content}]
+        text = self.tokenizer.apply_chat_template(json.dumps(chat), add_generation_prompt=True)
+        return chat, text, len(self.tokenizer.encode(text))
+
+    def next(self) -> Prompt:
+        return self.prompts[next(self._next)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, round(len(ordered) * 0.95) - 1)]
+
+
+def rounds_table(
+    peers: list[Peer], prompts: Prompts, tokens: int, rounds: int
+) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {peer.label: [] for peer in peers}
+    for peer in peers:
+        peer.run(prompts.next(), 8)  # warm-up: first-call allocations are not in a round
+    for round_no in range(rounds):
+        shift = round_no % len(peers)
+        for peer in peers[shift:] + peers[:shift]:
+            runs[peer.label].append(peer.run(prompts.next(), tokens))
+        print(f"round {round_no + 1}/{rounds} done", flush=True)
+    return runs
+
+
+def print_table(
+    peers: list[Peer], runs: dict[str, list[Run]], streamed: dict[str, int], bandwidth: float
+) -> None:
+    print(f"\nmemory read bandwidth (measured now): {bandwidth / 1e9:.1f} GB/s")
+    print("\n| engine | TTFT ms | decode tok/s | tokens | peak RSS MiB | of bandwidth bound |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for peer in peers:
+        done = runs[peer.label]
+        tps = median([r.decode_tps for r in done])
+        bound = bandwidth / streamed[peer.label]
+        print(
+            f"| {peer.label} | {median([r.ttft_s for r in done]) * 1e3:.0f} | {tps:.1f} "
+            f"| {done[0].prompt_tokens}+{done[0].generated} | {peak_rss(peer.pid) / MIB:.0f} "
+            f"| {tps / bound:.2f} |"
+        )
+
+
+def paired(runs: dict[str, list[Run]], a: str, b: str, value: Callable[[Run, Run], float]) -> float:
+    return median([value(x, y) for x, y in zip(runs[a], runs[b], strict=True)])
+
+
+def print_ratios(runs: dict[str, list[Run]]) -> None:
+    """Each ratio is the median over rounds of that round's ratio (paired, side by side)."""
+    http, mqtt, raw = "daemon HTTP SSE", "daemon MQTT", "raw og.Engine"
+    pruned, server, llama = "raw og.Generator, pruned", "llama_cpp.server HTTP", "llama-cpp-python"
+
+    def decode(x: Run, y: Run) -> float:
+        return x.decode_tps / y.decode_tps
+
+    def ttft(x: Run, y: Run) -> float:
+        return x.ttft_s / y.ttft_s
+
+    def ttft_ms(x: Run, y: Run) -> float:
+        return (x.ttft_s - y.ttft_s) * 1e3
+
+    checks = [
+        ("daemon HTTP / raw og.Engine decode", http, raw, decode, ">= 0.97"),
+        ("daemon MQTT / raw og.Engine decode", mqtt, raw, decode, ""),
+        ("daemon HTTP - raw og.Engine TTFT, ms", http, raw, ttft_ms, "<= 10"),
+        ("daemon MQTT - raw og.Engine TTFT, ms", mqtt, raw, ttft_ms, ""),
+        ("raw og.Generator pruned / og.Engine TTFT", pruned, raw, ttft, ""),
+        ("daemon HTTP / llama_cpp.server decode", http, server, decode, ">= 1.5"),
+        ("daemon HTTP / llama_cpp.server TTFT", http, server, ttft, ""),
+        ("raw og.Engine / llama-cpp-python decode", raw, llama, decode, ""),
+        ("raw og.Engine / llama-cpp-python TTFT", raw, llama, ttft, ""),
+    ]
+    print("\n| paired ratio (median of per-round values) | value | target |")
+    print("| --- | --- | --- |")
+    for name, a, b, value, target in checks:
+        if a in runs and b in runs:
+            print(f"| {name} | {paired(runs, a, b, value):.2f} | {target} |")
+
+
+def sweep(peers: list[Peer], prompts: Prompts, tokens: int, rounds: int) -> None:
+    """Aggregate tok/s and p95 TTFT at 1..8 concurrent streams, peers alternating."""
+    results = {(p.label, n): ([], []) for p in peers for n in SWEEP_LEVELS}
+    for round_no in range(rounds):
+        for n in SWEEP_LEVELS:
+            for peer in peers[:: 1 if round_no % 2 == 0 else -1]:
+                runs, wall = concurrent_runs(peer, [prompts.next() for _ in range(n)], tokens)
+                rates, ttfts = results[(peer.label, n)]
+                rates.append(sum(r.generated for r in runs) / wall)
+                ttfts.extend(r.ttft_s for r in runs)
+    print(f"\nconcurrency sweep, {rounds} alternating rounds (median aggregate, p95 TTFT)\n")
+    columns = " | ".join(f"{p.label} tok/s | p95 TTFT ms | vs 1" for p in peers)
+    print(f"| streams | {columns} |")
+    print("| --- " * (1 + 3 * len(peers)) + "|")
+    for n in SWEEP_LEVELS:
+        cells = []
+        for peer in peers:
+            rates, ttfts = results[(peer.label, n)]
+            rate, one = median(rates), median(results[(peer.label, 1)][0])
+            cells.append(f"{rate:.1f} | {p95(ttfts) * 1e3:.0f} | {rate / one:.2f}")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+def footprint(
+    models: list[tuple[str, Path]], max_length: int, threads: int, prompt: Prompt
+) -> None:
+    """Cold start (process start to ready) and idle RSS minus weights, medians of 3 starts."""
+    print("\n| model | cold start s | model load s | start minus load s | idle RSS MiB "
+          "| weights MiB | RSS minus weights MiB |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, model in models:
+        starts, loads, idle = [], [], []
+        for _ in range(3):
+            daemon = Daemon(model, max_length, threads, None)
+            try:
+                DaemonHttp(daemon).run(prompt, 4)  # one request, then idle
+                starts.append(daemon.cold_start_s)
+                loads.append(daemon.load_time_s)
+                time.sleep(1)  # idle: let the allocator settle
+                idle.append(current_rss(daemon.pid))
+            finally:
+                daemon.close()
+        weights = sum(f.stat().st_size for f in (model / "cpu-int4").glob("*.onnx*"))
+        rss = median(idle)
+        print(
+            f"| {name} | {median(starts):.2f} | {median(loads):.2f} "
+            f"| {median(starts) - median(loads):.2f} | {rss / MIB:.0f} | {weights / MIB:.0f} "
+            f"| {(rss - weights) / MIB:.0f} |"
+        )
+
+
+def chart(peers: list[Peer], runs: dict[str, list[Run]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [p.label.replace(" ", "\n", 1) for p in peers]
+    figure, (tps_axis, ttft_axis) = plt.subplots(1, 2, figsize=(13, 4.5))
+    tps = [median([r.decode_tps for r in runs[p.label]]) for p in peers]
+    ttft = [median([r.ttft_s for r in runs[p.label]]) * 1e3 for p in peers]
+    tps_axis.bar(labels, tps, color="tab:blue")
+    tps_axis.set_title("decode tokens/s (higher is better)")
+    ttft_axis.bar(labels, ttft, color="tab:orange")
+    ttft_axis.set_title("time to first token, ms (lower is better)")
+    for axis in (tps_axis, ttft_axis):
+        axis.tick_params(axis="x", labelsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f"\nchart: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=("bench", "phi4-mini"), default="bench")
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--block-size", type=int, default=32, help="int4 block (Q4_0's is 32)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sweep-rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--png", type=Path)
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp peers")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-footprint", action="store_true")
+    args = parser.parse_args()
+    layers = args.layers or (None if args.shape == "bench" else 4)
+    model_dir = build_model(args.shape, layers, args.block_size)
+    engine_variant, pruned_variant = model_dir / "cpu-int4", model_dir / "cpu-int4-pruned"
+    weights_dir = build_model(args.shape, layers, 32)  # hf/ and the GGUF live there
+    gguf = None if args.no_llama_cpp else ensure_gguf(weights_dir)
+    max_length = args.prompt_tokens + args.tokens + 16
+    prompts = Prompts(engine_variant, args.prompt_tokens)
+    onnx_streamed = weight_bytes(engine_variant / "model.onnx")["streamed_bytes"]
+    streamed = {
+        label: onnx_streamed
+        for label in ("raw og.Engine", "raw og.Generator, pruned", "daemon HTTP SSE", "daemon MQTT")
+    }
+    if gguf is not None:
+        gguf_streamed = weight_bytes(gguf[0], gguf[1] / "gguf-py")["streamed_bytes"]
+        streamed |= {"llama-cpp-python": gguf_streamed, "llama_cpp.server HTTP": gguf_streamed}
+    bandwidth = memory_bandwidth(args.threads)
+    print(f"model {model_dir.name}: {onnx_streamed / MIB:.0f} MiB streamed per token (int4)")
+    with tempfile.TemporaryDirectory() as scratch:
+        broker, mqtt_port = start_broker(Path(scratch))
+        peers: list[Peer] = []
+
+        def worker(label: str, engine: str, model: Path) -> WorkerPeer:
+            return WorkerPeer(label, engine, model, args.threads, max_length)
+
+        try:
+            peers.append(worker("raw og.Engine", "og-engine", engine_variant))
+            peers.append(worker("raw og.Generator, pruned", "og-generator", pruned_variant))
+            daemon = Daemon(model_dir, max_length, args.threads, mqtt_port)
+            peers += [DaemonHttp(daemon), DaemonMqtt(daemon, mqtt_port)]
+            if gguf is not None:
+                peers.append(worker("llama-cpp-python", "llama-cpp", gguf[0]))
+                peers.append(LlamaServer(gguf[0], args.threads, max_length))
+            runs = rounds_table(peers, prompts, args.tokens, args.rounds)
+            setup = (
+                f"{model_dir.name}, {args.threads} threads each, "
+                f"{args.prompt_tokens}-token prompt + {args.tokens} greedy tokens"
+            )
+            print(f"\n{setup}, {args.rounds} rotating rounds, medians")
+            print_table(peers, runs, streamed, bandwidth)
+            print_ratios(runs)
+            chart(peers, runs, args.png or model_dir / "peers.png", setup)
+            if not args.no_sweep:
+                sweep([p for p in peers if p.label in ("daemon HTTP SSE", "llama_cpp.server HTTP")],
+                      prompts, args.tokens, args.sweep_rounds)  # fmt: skip
+        finally:
+            for peer in peers:
+                peer.close()
+            broker.terminate()
+    if not args.no_footprint:
+        models = [("bundled tiny", REPO / "models" / "tiny"), (model_dir.name, model_dir)]
+        footprint(models, max_length, args.threads, prompts.next())
+
+
+if __name__ == "__main__":
+    main()
