@@ -153,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
         "--provider", default="cpu", choices=["cpu", "cuda", "dml", "webgpu"]
     )
     model_convert.add_argument("--prune-lm-head", action="store_true")
+    model_convert.add_argument(
+        "--block-size", type=int, default=32, choices=[16, 32, 64, 128, 256], help="int4 block"
+    )
     model_convert.add_argument("--python", default=sys.executable, help="with torch installed")
 
     status = commands.add_parser("status", help="show a running daemon's status")
@@ -370,7 +373,7 @@ def _models(args: argparse.Namespace) -> int:
 
     if args.models_command == "convert":
         plan = ConvertPlan(args.source, args.out, args.precision, args.provider,
-                           args.prune_lm_head, args.python)  # fmt: skip
+                           args.prune_lm_head, args.python, block_size=args.block_size)  # fmt: skip
         try:
             print(f"converted into {convert(plan, args.name)}")
         except ConvertError as exc:

@@ -176,7 +176,9 @@ def test_convert_runs_the_builder_with_the_gateway_defaults(tmp_path) -> None:
     assert command[command.index("-p") + 1] == "int4" and command[command.index("-e") + 1] == "cpu"
     assert command[command.index("-m", 3) + 1] == "Qwen/Qwen2.5-0.5B-Instruct"
     options = command[command.index("--extra_options") + 1 :]
-    assert options == ["int4_block_size=32", "int4_accuracy_level=4"]
+    assert options == ["block_size=32", "accuracy_level=4"]
+    fast = ConvertPlan(str(TINY), tmp_path / "y", block_size=128).command()
+    assert fast[fast.index("--extra_options") + 1] == "block_size=128"
     pruned = ConvertPlan(str(TINY), tmp_path / "x", prune_lm_head=True).command()
     assert "prune_lm_head=true" in pruned and pruned[pruned.index("-i") + 1] == str(TINY)
     # The daemon's venv has no torch (it never needs it): convert says what is missing.

@@ -32,15 +32,19 @@ class ConvertPlan:
     prune_lm_head: bool = False
     python: str = sys.executable
     cache: Path | None = None
+    # 32 matches Microsoft's published CPU builds; 128 decodes ~1.4x faster on CPU at some
+    # accuracy cost (scripts/bench/RESULTS.md).
+    block_size: int = 32
 
     @property
     def variant(self) -> str:
         return f"{self.provider}-{self.precision}"
 
     def command(self) -> list[str]:
-        options = ["int4_block_size=32"]
+        # The builder's current names: its `int4_`-prefixed aliases are silently ignored.
+        options = [f"block_size={self.block_size}"]
         if self.provider == "cpu" and self.precision == "int4":
-            options.append("int4_accuracy_level=4")
+            options.append("accuracy_level=4")
         if self.prune_lm_head:
             options.append("prune_lm_head=true")
         source_flag = "-i" if Path(self.source).is_dir() else "-m"
