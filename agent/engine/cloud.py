@@ -1,6 +1,9 @@
 """Cloud backends: vLLM through its OpenAI API (official `openai` async client) and Ollama
 through its native API (official `ollama` async client), streaming into the same Chunk
-and Usage types as the local engine."""
+and Usage types as the local engine.
+
+Each client is imported when a backend of its kind is made: together they cost ~0.5 s of
+start-up and ~40 MiB of memory on a gateway that never falls back to the cloud."""
 
 from __future__ import annotations
 
@@ -13,8 +16,6 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import httpx
-import ollama
-import openai
 
 from agent.engine.types import (
     ChatRequest,
@@ -77,6 +78,8 @@ class CloudBackend:
         self.name = endpoint.name
         timeout = httpx.Timeout(endpoint.first_token_timeout_s, connect=endpoint.connect_timeout_s)
         if endpoint.kind == "openai":
+            import openai
+
             self._openai = openai.AsyncOpenAI(
                 base_url=endpoint.base_url,
                 api_key=endpoint.key() or "none",
@@ -84,6 +87,8 @@ class CloudBackend:
                 max_retries=0,
             )
         else:
+            import ollama
+
             headers = {"Authorization": f"Bearer {endpoint.key()}"} if endpoint.key() else None
             self._ollama = ollama.AsyncClient(
                 host=endpoint.base_url, timeout=timeout, headers=headers

@@ -40,7 +40,9 @@ def og_config(path: str, threads: int, max_length: int, extra: dict | None = Non
 def og_engine(path: str, threads: int, max_length: int) -> Callable[[str, int], Timing]:
     import numpy as np
 
-    extra = {"engine": {"static_batching": {"max_batch_size": 1}}}
+    # The daemon's static batch capacity (peers.py runs it with --max-batch 8), so the
+    # comparison isolates what the daemon adds around the same engine.
+    extra = {"engine": {"static_batching": {"max_batch_size": 8}}}
     og, model = og_config(path, threads, max_length, extra)
     tokenizer = og.Tokenizer(model)
     engine = og.Engine(model)

@@ -125,9 +125,10 @@ def stream_sse(client: httpx.Client, url: str, body: dict) -> tuple[float, list[
 
 def sse_run(started: float, stamps: list[float], generated: int, prompt: Prompt) -> Run:
     # Text deltas can hold back a byte-level token or two: tokens/s uses the token count.
+    spread = stamps[-1] - stamps[0]  # one chunk only: too short a reply to time decode
     return Run(
         ttft_s=stamps[0] - started,
-        decode_tps=(generated - 1) / (stamps[-1] - stamps[0]),
+        decode_tps=(generated - 1) / spread if spread > 0 else float("nan"),
         generated=generated,
         prompt_tokens=prompt.tokens,
     )

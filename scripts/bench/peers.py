@@ -29,6 +29,7 @@ import json
 import statistics
 import string
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -148,6 +149,12 @@ def p95(values: list[float]) -> float:
     return ordered[max(0, round(len(ordered) * 0.95) - 1)]
 
 
+def settle() -> None:
+    """Pause between runs: an engine's pool threads spin for a while after its last step
+    (onnxruntime's and llama.cpp's both), and would take cores from the next engine."""
+    time.sleep(0.2)
+
+
 def rounds_table(
     peers: list[Peer], prompts: Prompts, tokens: int, rounds: int
 ) -> dict[str, list[Run]]:
@@ -157,6 +164,7 @@ def rounds_table(
     for round_no in range(rounds):
         shift = round_no % len(peers)
         for peer in peers[shift:] + peers[:shift]:
+            settle()
             runs[peer.label].append(peer.run(prompts.next(), tokens))
         print(f"round {round_no + 1}/{rounds} done", flush=True)
     return runs
@@ -221,6 +229,7 @@ def sweep(peers: list[Peer], prompts: Prompts, tokens: int, rounds: int) -> None
     for round_no in range(rounds):
         for n in SWEEP_LEVELS:
             for peer in peers[:: 1 if round_no % 2 == 0 else -1]:
+                settle()
                 runs, wall = concurrent_runs(peer, [prompts.next() for _ in range(n)], tokens)
                 rates, ttfts = results[(peer.label, n)]
                 rates.append(sum(r.generated for r in runs) / wall)
@@ -241,28 +250,39 @@ def sweep(peers: list[Peer], prompts: Prompts, tokens: int, rounds: int) -> None
 def footprint(
     models: list[tuple[str, Path]], max_length: int, threads: int, prompt: Prompt
 ) -> None:
-    """Cold start (process start to ready) and idle RSS minus weights, medians of 3 starts."""
+    """Cold start (process start to ready) and idle RSS after one request, medians of 3
+    starts; the daemon's own share is its RSS minus a bare og.Engine process's on the same
+    model (onnxruntime maps weight files, so RSS minus file size undercounts)."""
     print("\n| model | cold start s | model load s | start minus load s | idle RSS MiB "
-          "| weights MiB | RSS minus weights MiB |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| weights file MiB | bare og.Engine RSS MiB | daemon minus bare MiB |")  # fmt: skip
+    print("| --- " * 8 + "|")
+    # Start-up as installed: pip compiles bytecode, an editable checkout may not have it.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", REPO / "agent"], check=True)
     for name, model in models:
         starts, loads, idle = [], [], []
         for _ in range(3):
             daemon = Daemon(model, max_length, threads, None)
             try:
-                DaemonHttp(daemon).run(prompt, 4)  # one request, then idle
+                DaemonHttp(daemon).run(prompt, 16)  # one request, then idle
                 starts.append(daemon.cold_start_s)
                 loads.append(daemon.load_time_s)
                 time.sleep(1)  # idle: let the allocator settle
                 idle.append(current_rss(daemon.pid))
             finally:
                 daemon.close()
-        weights = sum(f.stat().st_size for f in (model / "cpu-int4").glob("*.onnx*"))
-        rss = median(idle)
+        variant = model / "cpu-int4"
+        bare = WorkerPeer("bare", "og-engine", variant, threads, max_length)
+        try:
+            bare.run(prompt, 16)
+            time.sleep(1)
+            bare_rss = current_rss(bare.pid)
+        finally:
+            bare.close()
+        weights = sum(f.stat().st_size for f in variant.glob("*.onnx*"))
+        rss, start, load = median(idle), median(starts), median(loads)
         print(
-            f"| {name} | {median(starts):.2f} | {median(loads):.2f} "
-            f"| {median(starts) - median(loads):.2f} | {rss / MIB:.0f} | {weights / MIB:.0f} "
-            f"| {(rss - weights) / MIB:.0f} |"
+            f"| {name} | {start:.2f} | {load:.2f} | {start - load:.2f} | {rss / MIB:.0f} "
+            f"| {weights / MIB:.0f} | {bare_rss / MIB:.0f} | {(rss - bare_rss) / MIB:.0f} |"
         )
 
 
