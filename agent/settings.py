@@ -131,7 +131,9 @@ class Settings(BaseSettings):
     max_tool_calls: int = Field(
         8, ge=1, le=64, description="most parallel tool calls in one local reply"
     )
-    batch_window_ms: float = Field(2.0, ge=0.0, le=1000.0, description="gather concurrent arrivals")
+    batch_window_ms: float = Field(
+        4.0, ge=0.0, le=1000.0, description="a batch starts after this long with no new arrival"
+    )
     stream_interval_ms: float = Field(
         25.0,
         ge=0.0,

@@ -79,7 +79,7 @@ class EngineLimits:
     max_tool_calls: int = 8  # a small model can repeat calls until max_tokens otherwise
     default_max_tokens: int = 512
     retry_after_s: int = 2
-    batch_window_s: float = 0.002  # requests still being tokenized extend it
+    batch_window_s: float = 0.004  # quiet time after the latest arrival before a batch
     stream_interval_s: float = 0.025  # tokens between first and last go out this often
     fit_context: bool = False  # load with a shorter context rather than refuse
     max_prompt_tokens: int | None = None  # None: whatever the context leaves room for
@@ -200,6 +200,7 @@ class LocalEngine:
         self._jobs: dict[str, _Job] = {}
         self._running = 0
         self._preparing = 0
+        self._last_arrival = 0.0  # when the latest request began admission
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -299,6 +300,8 @@ class LocalEngine:
         guidance = guidance_for(request, self.info.tool_markup, special, self.limits.max_tool_calls)
         with self._cond:
             self._preparing += 1
+            self._last_arrival = time.perf_counter()
+            self._cond.notify_all()
         try:
             prompt_ids = await asyncio.to_thread(self.tokenize, self.render_prompt(request))
             job = _Job(
@@ -508,13 +511,15 @@ class LocalEngine:
                 self._cond.wait()
             if self._stopping:
                 return None
-            # The CPU engine batches statically: gather what arrives together before starting.
+            # The CPU engine batches statically: gather what arrives together before starting,
+            # until no request has arrived for a window (each arrival opens a new one) and
+            # none is still being tokenized, or the gather limit.
             start = time.perf_counter()
-            window_end = start + self.limits.batch_window_s
             gather_end = start + _BATCH_GATHER_S
             while len(self._pending) < self._batch_slots and not self._stopping:
                 now = time.perf_counter()
-                end = gather_end if self._preparing > 0 else window_end
+                quiet_end = max(start, self._last_arrival) + self.limits.batch_window_s
+                end = gather_end if self._preparing > 0 else min(quiet_end, gather_end)
                 if now >= end:
                     break
                 self._cond.wait(end - now)
