@@ -92,6 +92,7 @@ class Service:
             LiveSource(
                 queue_depth=lambda: self.engine.queue_depth,
                 running=lambda: self.engine.running,
+                batches=lambda: dict(self.engine.batches),
                 breakers=self.cloud.states,
                 memory_available_bytes=lambda: _mib_to_bytes(self.governor.memory.value),
                 temperature_c=lambda: self.governor.heat.value,

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         8, ge=1, le=64, description="most parallel tool calls in one local reply"
     )
     batch_window_ms: float = Field(
-        4.0, ge=0.0, le=1000.0, description="a batch starts after this long with no new arrival"
+        2.0, ge=0.0, le=1000.0, description="a batch starts after this long with no new arrival"
     )
     stream_interval_ms: float = Field(
         25.0,

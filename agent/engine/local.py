@@ -79,7 +79,7 @@ class EngineLimits:
     max_tool_calls: int = 8  # a small model can repeat calls until max_tokens otherwise
     default_max_tokens: int = 512
     retry_after_s: int = 2
-    batch_window_s: float = 0.004  # quiet time after the latest arrival before a batch
+    batch_window_s: float = 0.002  # quiet time after the latest arrival before a batch
     stream_interval_s: float = 0.025  # tokens between first and last go out this often
     fit_context: bool = False  # load with a shorter context rather than refuse
     max_prompt_tokens: int | None = None  # None: whatever the context leaves room for
@@ -194,6 +194,7 @@ class LocalEngine:
         self.load_time_s = 0.0
         self.steps = 0  # engine steps run; grows while the owner thread makes progress
         self.finished: Counter[str] = Counter()  # requests ended, by finish reason
+        self.batches: Counter[int] = Counter()  # static batches started, by size
         self._tokenizer: og.Tokenizer | None = None
         self._markup_tokens: dict[int, str] = {}  # special tokens that write call markup
         self._pending: deque[_Job] = deque()
@@ -386,6 +387,8 @@ class LocalEngine:
                     break
                 active = [job for job in batch if self._begin(job)]
                 self._outbox.flush()  # refusals from _begin
+                if active:
+                    self.batches[len(active)] += 1
                 log.debug("batch started", size=len(active))
                 self._running = len(active)
                 continue

@@ -182,6 +182,7 @@ class Router:
                 error=chunk.error,
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
+                queue_s=round(timings.queue_s, 4) if timings else None,
                 ttft_s=round(timings.time_to_first_token_s, 4) if timings else None,
                 decode_tokens_per_s=round(timings.decode_tokens_per_s, 1) if timings else None,
                 **prompt_fields(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agent.engine.types import Chunk
@@ -29,6 +29,7 @@ class LiveSource:
 
     queue_depth: Callable[[], int]
     running: Callable[[], int]
+    batches: Callable[[], dict[int, int]]  # static batches started, by size
     breakers: Callable[[], dict[str, str]]
     memory_available_bytes: Callable[[], float | None]
     temperature_c: Callable[[], float | None]
@@ -126,6 +127,13 @@ class _LiveCollector(Collector):
         yield _gauge(
             "edge_agent_running_requests", "Requests the local engine is decoding", live.running()
         )
+        batches = CounterMetricFamily(
+            "edge_agent_engine_batches", "Static batches the local engine started, by size",
+            labels=["size"],
+        )  # fmt: skip
+        for size, count in sorted(live.batches().items()):
+            batches.add_metric([str(size)], count)
+        yield batches
         breakers = GaugeMetricFamily(
             "edge_agent_breaker_state", "Cloud breaker: 0 closed, 1 half-open, 2 open",
             labels=["endpoint"],

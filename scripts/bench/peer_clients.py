@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -44,6 +44,7 @@ class Run:
     decode_tps: float
     generated: int
     prompt_tokens: int
+    prefill_s: float | None = None  # the daemon's own account: admission to first token
 
 
 def peak_rss(pid: int) -> int:
@@ -170,6 +171,16 @@ class Daemon:
                 return event["url"]
         raise RuntimeError("the daemon exited before it was ready")
 
+    def prefill_s(self, logged: int) -> float:
+        """The engine's own time to first token (queue excluded) for the request after
+        the first `logged` ones, from its "request finished" line (logged before the
+        final chunk goes out, read here by another thread)."""
+        deadline = time.perf_counter() + 5
+        while len(self.finished) <= logged and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        event = self.finished[logged]
+        return event["ttft_s"] - event["queue_s"]
+
     def _read_log(self) -> None:
         """Keep the server-side view of each request (its "request finished" line)."""
         for line in self.process.stderr:
@@ -195,8 +206,10 @@ class DaemonHttp(Peer):
             "temperature": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
         }  # fmt: skip
+        logged = len(self.daemon.finished)
         timing = stream_sse(self.daemon.client, f"{self.daemon.url}/v1/completions", body)
-        return sse_run(*timing, prompt)
+        run = sse_run(*timing, prompt)
+        return replace(run, prefill_s=self.daemon.prefill_s(logged))
 
     def close(self) -> None:
         self.daemon.close()
@@ -255,13 +268,14 @@ class DaemonMqtt(Peer):
             elif reply["type"] == "final":
                 break
         del self.waiting[correlation]
-        usage = reply["usage"]
+        usage, timings = reply["usage"], reply["timings"]
         generated = usage["completion_tokens"]
         return Run(
             ttft_s=first - started,
             decode_tps=(generated - 1) / (at - first),
             generated=generated,
             prompt_tokens=usage["prompt_tokens"],
+            prefill_s=timings["time_to_first_token_s"] - timings["queue_s"],
         )
 
     def close(self) -> None:

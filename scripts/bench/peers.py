@@ -5,8 +5,8 @@ One command: builds (or reuses) the bench model (scripts/build_bench_model.py, i
 `cpu-int4-pruned`, prune_lm_head=true) and, when llama-cpp-python is installed (extra
 `bench-peers`), as GGUF Q4_0 made by llama.cpp's own converter and quantizer. Then, with
 the same thread count, prompt (a chat turn rendered to `--prompt-tokens` tokens) and
-`--tokens` greedy tokens (end-of-sequence ignored), it runs round by round, rotating the
-order so no engine always goes first:
+`--tokens` greedy tokens (end-of-sequence ignored), it runs round by round, in a new
+random order each round (seeded), so no engine always goes first or after the same one:
   raw og.Engine in-process (the daemon's engine, cpu-int4), raw og.Generator in-process
   (cpu-int4-pruned), the daemon over HTTP (OpenAI SSE) and over MQTT, llama-cpp-python
   in-process, and llama_cpp.server over HTTP.
@@ -16,9 +16,10 @@ targets in scripts/bench/RESULTS.md, a concurrency sweep (1/2/4/8 streams, daemo
 llama_cpp.server) and the daemon's footprint (idle RSS minus weights, cold start to
 ready on the bundled and the bench model); it writes a PNG bar chart.
 
-Usage: python scripts/bench/peers.py [--shape bench|phi4-mini] [--layers N] [--rounds 5]
+Usage: python scripts/bench/peers.py [--shape bench|phi4-mini] [--layers N] [--block-size 32]
+           [--rounds 5] [--sweep-rounds 3]
            [--tokens 128] [--prompt-tokens 128] [--threads 2] [--png FILE]
-           [--no-sweep] [--no-footprint]
+           [--json FILE] [--no-llama-cpp] [--no-sweep] [--no-footprint]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import random
 import statistics
 import string
 import subprocess
@@ -34,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +164,10 @@ def rounds_table(
     runs: dict[str, list[Run]] = {peer.label: [] for peer in peers}
     for peer in peers:
         peer.run(prompts.next(), 8)  # warm-up: first-call allocations are not in a round
+    order = random.Random(0)
     for round_no in range(rounds):
-        shift = round_no % len(peers)
-        for peer in peers[shift:] + peers[:shift]:
+        # A fresh order each round: no engine always goes first, or after the same one.
+        for peer in order.sample(peers, len(peers)):
             settle()
             runs[peer.label].append(peer.run(prompts.next(), tokens))
         print(f"round {round_no + 1}/{rounds} done", flush=True)
@@ -221,6 +225,12 @@ def print_ratios(runs: dict[str, list[Run]]) -> None:
     for name, a, b, value, target in checks:
         if a in runs and b in runs:
             print(f"| {name} | {paired(runs, a, b, value):.2f} | {target} |")
+    # The same request seen from both ends: what the daemon adds to the engine's own
+    # prefill, free of the run-to-run noise in prefill itself.
+    for label in (http, mqtt):
+        added = [(r.ttft_s - r.prefill_s) * 1e3 for r in runs.get(label, []) if r.prefill_s]
+        if added:
+            print(f"| {label}: client TTFT - engine prefill, ms | {median(added):.1f} | |")
 
 
 def sweep(peers: list[Peer], prompts: Prompts, tokens: int, rounds: int) -> None:
@@ -319,6 +329,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--png", type=Path)
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp peers")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-footprint", action="store_true")
@@ -360,7 +371,10 @@ def main() -> None:
                 f"{model_dir.name}, {args.threads} threads each, "
                 f"{args.prompt_tokens}-token prompt + {args.tokens} greedy tokens"
             )
-            print(f"\n{setup}, {args.rounds} rotating rounds, medians")
+            print(f"\n{setup}, {args.rounds} shuffled rounds, medians")
+            if args.json:
+                every = {label: [asdict(run) for run in done] for label, done in runs.items()}
+                args.json.write_text(json.dumps(every, indent=1))
             print_table(peers, runs, streamed, bandwidth)
             print_ratios(runs)
             chart(peers, runs, args.png or model_dir / "peers.png", setup)
