@@ -109,15 +109,10 @@ class _Job:
     first_token_at: float = 0.0
     completion_tokens: int = 0
 
-    def post(self, chunk: Chunk, outbox: _Outbox | None = None) -> None:
-        """Send a chunk to the request's stream: through the owner thread's outbox, or
-        straight to the loop from any other thread."""
-        if chunk.finish_reason is not None:
-            self.finished = True
-        if outbox is None:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
-        else:
-            outbox.add(self, chunk)
+    def post(self, chunk: Chunk) -> None:
+        """Send a chunk straight to the loop (threads other than the engine's owner)."""
+        self.finished = self.finished or chunk.finish_reason is not None
+        self.loop.call_soon_threadsafe(self.out.put_nowait, chunk)
 
 
 class _Outbox:
@@ -142,6 +137,8 @@ class _Outbox:
         self._scheduled = False
 
     def add(self, job: _Job, chunk: Chunk) -> None:
+        """Owner thread: hold a chunk for the next flush."""
+        job.finished = job.finished or chunk.finish_reason is not None
         self._held.append((job, chunk))
         first_text = job.first_chunk and bool(chunk.text)
         self._urgent = self._urgent or first_text or chunk.finish_reason is not None
@@ -592,17 +589,11 @@ class LocalEngine:
         else:
             text = self._markup_tokens.get(token) or job.stream.decode(token)
         emit, stopped = job.stop.feed(text)
+        self._outbox.add(job, Chunk(text=emit, token_ids=(token,)))
         if stopped:
-            self._post(job, Chunk(text=emit, token_ids=(token,)))
             self._finish(job, FinishReason.STOP)
             job.og_request.cancel_turn(job.turn_id)
             job.cancel_sent = True
-            return
-        self._post(job, Chunk(text=emit, token_ids=(token,)))
-
-    def _post(self, job: _Job, chunk: Chunk) -> None:
-        on_owner = threading.current_thread() is self._thread
-        job.post(chunk, self._outbox if on_owner else None)
 
     def _finish(
         self, job: _Job, reason: FinishReason, *, tail: str = "", error: str | None = None
@@ -611,25 +602,26 @@ class LocalEngine:
         start = job.admitted_at or end
         first = job.first_token_at or end
         decode_s = end - first
-        self._post(
-            job,
-            Chunk(
-                text=tail,
-                finish_reason=reason,
-                error=error,
-                usage=Usage(len(job.prompt_ids), job.completion_tokens),
-                timings=Timings(
-                    queue_s=start - job.enqueued_at,
-                    prompt_s=first - start,
-                    decode_s=decode_s,
-                    total_s=end - job.enqueued_at,
-                    time_to_first_token_s=first - job.enqueued_at,
-                    decode_tokens_per_s=(job.completion_tokens - 1) / decode_s
-                    if job.completion_tokens > 1 and decode_s > 0
-                    else 0.0,
-                ),
+        final = Chunk(
+            text=tail,
+            finish_reason=reason,
+            error=error,
+            usage=Usage(len(job.prompt_ids), job.completion_tokens),
+            timings=Timings(
+                queue_s=start - job.enqueued_at,
+                prompt_s=first - start,
+                decode_s=decode_s,
+                total_s=end - job.enqueued_at,
+                time_to_first_token_s=first - job.enqueued_at,
+                decode_tokens_per_s=(job.completion_tokens - 1) / decode_s
+                if job.completion_tokens > 1 and decode_s > 0
+                else 0.0,
             ),
         )
+        if threading.current_thread() is self._thread:
+            self._outbox.add(job, final)
+        else:  # a queued request cancelled from the loop
+            job.post(final)
         with self._cond:
             self.finished[reason.value] += 1
             self._jobs.pop(job.request.request_id, None)

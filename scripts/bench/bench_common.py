@@ -6,23 +6,30 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import paho.mqtt.client as paho
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 
-def ensure_model(path: Path) -> Path:
-    """The bench model's int4 CPU folder, built with the build tools if missing."""
-    variant = path / "cpu-int4"
-    if not (variant / "genai_config.json").is_file():
-        builder = REPO / ".venv-build" / "bin" / "python"
-        if not builder.exists():
-            sys.exit("models/bench is missing and .venv-build is not there: run `make model`")
+BUILD_PYTHON = REPO / ".venv-build" / "bin" / "python"  # torch, transformers, onnx
+
+
+def ensure_model(path: Path, *build_args: str) -> Path:
+    """A bench model folder, built by scripts/build_bench_model.py (with `build_args`)
+    when a variant is missing."""
+    variants = ("cpu-int4", "cpu-int4-pruned")
+    if not all((path / v / "genai_config.json").is_file() for v in variants):
+        if not BUILD_PYTHON.exists():
+            sys.exit(f"{path} is missing and .venv-build is not there: run `make model`")
         script = REPO / "scripts" / "build_bench_model.py"
-        subprocess.run([builder, script, "--out", path], check=True)
-    return variant
+        subprocess.run([BUILD_PYTHON, script, "--out", path, *build_args], check=True)
+    return path
 
 
 def free_port() -> int:
@@ -47,3 +54,22 @@ def start_broker(directory: Path) -> tuple[subprocess.Popen, int]:
                 return broker, port
         time.sleep(0.01)
     raise RuntimeError("mosquitto did not start")
+
+
+def mqtt_device(port: int, topic: str, on_message: Callable) -> paho.Client:
+    """A paho MQTT 5 client subscribed to `topic` (its replies), Nagle off, loop running."""
+    client = paho.Client(
+        callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
+    )
+    subscribed = threading.Event()
+    client.on_connect = lambda c, *a: c.subscribe(topic, 1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.on_message = on_message
+    client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        raise RuntimeError("MQTT subscribe timed out")
+    return client

@@ -13,9 +13,8 @@ import tarfile
 from importlib import metadata
 from pathlib import Path
 
-from bench_common import REPO
+from bench_common import BUILD_PYTHON
 
-BUILD_PYTHON = REPO / ".venv-build" / "bin" / "python"
 HERE = Path(__file__).parent
 
 

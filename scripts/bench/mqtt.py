@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as paho
-from bench_common import REPO, start_broker
+from bench_common import REPO, mqtt_device, start_broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -58,19 +56,7 @@ class MqttClient:
     def __init__(self, port: int) -> None:
         self.waiting: dict[bytes, queue.Queue] = {}
         self.topic = f"bench/{uuid.uuid4().hex[:6]}"
-        self.client = paho.Client(
-            callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
-        )
-        ready = threading.Event()
-        self.client.on_connect = lambda c, *a: c.subscribe(self.topic, 1)
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = self._on_message
-        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-        )
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        ready.wait(10)
+        self.client = mqtt_device(port, self.topic, self._on_message)
 
     def _on_message(self, client, userdata, message) -> None:
         if json.loads(message.payload)["type"] in ("final", "rejected"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as paho
-from bench_common import REPO, free_port
+from bench_common import REPO, free_port, mqtt_device
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -47,19 +45,21 @@ class Run:
     prefill_s: float | None = None  # the daemon's own account: admission to first token
 
 
+def _status_bytes(pid: int, field: str) -> int:
+    """A memory figure from /proc/PID/status (reported in kB), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
 def peak_rss(pid: int) -> int:
     """The process's peak resident set (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for {pid}")
+    return _status_bytes(pid, "VmHWM")
 
 
 def current_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    return _status_bytes(pid, "VmRSS")
 
 
 class Peer:
@@ -138,7 +138,9 @@ def sse_run(started: float, stamps: list[float], generated: int, prompt: Prompt)
 class Daemon:
     """`edge-agent serve` on a model, with HTTP on a free loopback port and MQTT."""
 
-    def __init__(self, model: Path, max_length: int, threads: int, mqtt_port: int | None):
+    def __init__(
+        self, model: Path, max_length: int, threads: int, mqtt_port: int | None, *extra: str
+    ):
         self.state = tempfile.TemporaryDirectory()
         self.finished: list[dict] = []
         command = [
@@ -149,6 +151,7 @@ class Daemon:
         ]  # fmt: skip
         if mqtt_port is not None:
             command += ["--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--device-id", "bench"]
+        command += extra
         spawned = time.perf_counter()
         self.process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
         self.pid = self.process.pid
@@ -224,20 +227,7 @@ class DaemonMqtt(Peer):
         self.pid, self.model_name = daemon.pid, daemon.model_name
         self.topic = f"bench/{uuid.uuid4().hex[:6]}"
         self.waiting: dict[bytes, queue.Queue] = {}
-        self.client = paho.Client(
-            callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
-        )
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *a: c.subscribe(self.topic, 1)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.on_socket_open = lambda c, u, sock: sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-        )
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not subscribed.wait(10):
-            raise RuntimeError("MQTT subscribe timed out")
+        self.client = mqtt_device(port, self.topic, self._on_message)
 
     def _on_message(self, client, userdata, message) -> None:
         reply = json.loads(message.payload)

@@ -40,8 +40,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from bench_common import REPO, start_broker
-from gguf import BUILD_PYTHON, ensure_gguf
+from bench_common import BUILD_PYTHON, REPO, ensure_model, start_broker
+from gguf import ensure_gguf
 from peer_clients import (
     Daemon,
     DaemonHttp,
@@ -62,17 +62,11 @@ SWEEP_LEVELS = (1, 2, 4, 8)
 
 
 def build_model(shape: str, layers: int | None, block_size: int) -> Path:
-    """The bench model's folder (scripts/build_bench_model.py builds what is missing)."""
+    """The bench model's folder for this shape and block size, built if missing."""
     name = "bench" if shape == "bench" else f"bench-{shape}-L{layers}"
     model_dir = REPO / "models" / (name if block_size == 32 else f"{name}-bs{block_size}")
-    variants = ("cpu-int4", "cpu-int4-pruned")
-    if not all((model_dir / v / "genai_config.json").is_file() for v in variants):
-        if not BUILD_PYTHON.exists():
-            raise SystemExit("the build tools are missing: run `make model` first")
-        command = [BUILD_PYTHON, REPO / "scripts" / "build_bench_model.py", "--shape", shape]
-        command += ["--out", model_dir, "--block-size", str(block_size)]
-        subprocess.run([*command, *(["--layers", str(layers)] if layers else [])], check=True)
-    return model_dir
+    depth = ("--layers", str(layers)) if layers else ()
+    return ensure_model(model_dir, "--shape", shape, "--block-size", str(block_size), *depth)
 
 
 def weight_bytes(model: Path, gguf_py: Path | None = None) -> dict[str, int]:
