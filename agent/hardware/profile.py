@@ -40,9 +40,7 @@ class HardwareProfile:
 
     @property
     def available_memory_bytes(self) -> int | None:
-        limit, used = self.container.memory_limit_bytes, self.container.memory_used_bytes
-        room = limit - used if limit is not None and used is not None else limit
-        return _smaller(self.memory_available_bytes, room)
+        return _smaller(self.memory_available_bytes, self.container.memory_room_bytes)
 
     @property
     def max_temperature_c(self) -> float | None:
@@ -74,6 +72,13 @@ def detect(root: Path = Path("/")) -> HardwareProfile:
         battery=power.battery(root),
         system=platform.system() if live else "Linux",
     )
+
+
+def available_memory_bytes(root: Path, container: cgroup.Limits) -> int | None:
+    """Memory this process can take now (the governor samples it): the host's MemAvailable,
+    capped by the cgroup's room under memory.max / memory.high."""
+    host = _meminfo(root / "proc" / "meminfo").get("MemAvailable")
+    return _smaller(host, container.memory_room_bytes)
 
 
 def _meminfo(path: Path) -> dict[str, int]:

@@ -2,14 +2,17 @@
 
 Each signal has an enter and a leave level (hysteresis) so routing does not flap; the
 sampled signals refresh on a timer, the queue wait is judged per request. Readings come
-from psutil and the container-aware hardware probes (cgroup limits, /sys thermal and
-battery under a root path that tests can point at a recorded tree).
+from the hardware probes under a root path that tests point at a recorded tree: the
+cgroup (CPU use against its quota, memory.max / memory.high, the working set), /proc
+meminfo, /sys thermal and battery; psutil only where the cgroup has no CPU quota.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import psutil
 
 from agent.engine.local import LocalEngine
 from agent.hardware import cgroup, power
+from agent.hardware.profile import available_memory_bytes
 
 MIB = 1024 * 1024
 
@@ -58,10 +62,18 @@ class GovernorLimits:
 
 
 class ResourceGovernor:
-    def __init__(self, limits: GovernorLimits, engine: LocalEngine, root: Path = Path("/")):
+    def __init__(
+        self,
+        limits: GovernorLimits,
+        engine: LocalEngine,
+        root: Path = Path("/"),
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.limits = limits
         self.engine = engine
         self.root = root
+        self.clock = clock  # wall time between cgroup CPU samples
+        self._live = Path(root) == Path("/")  # this process is in the cgroup read
         self.memory = Signal("memory", limits.memory_reserve_mb, limits.memory_resume_mb, False)
         self.cpu = Signal("cpu", limits.cpu_enter_percent, limits.cpu_leave_percent, True)
         self.heat = Signal(
@@ -76,6 +88,7 @@ class ResourceGovernor:
         self.service_time_s: float | None = None  # moving average of local request time
         self._process = psutil.Process()
         self._cpus = psutil.cpu_count() or 1
+        self._cgroup_sample: tuple[float, float] | None = None  # (when, others' CPU seconds)
         self._task: asyncio.Task | None = None
 
     @property
@@ -94,20 +107,34 @@ class ResourceGovernor:
 
     def refresh(self) -> None:
         limits = cgroup.read(self.root)
-        available = psutil.virtual_memory().available
-        if limits.memory_limit_bytes is not None and limits.memory_used_bytes is not None:
-            available = min(available, limits.memory_limit_bytes - limits.memory_used_bytes)
-        self.memory.update(available / MIB)
-        self.cpu.update(self._others_cpu_percent())
+        available = available_memory_bytes(self.root, limits)
+        if available is None and self._live:
+            available = psutil.virtual_memory().available  # no /proc/meminfo: not Linux
+        self.memory.update(None if available is None else available / MIB)
+        self.cpu.update(self._cpu_percent(limits.cpu_quota))
         temps = [z.celsius for z in power.thermal_zones(self.root) if z.celsius is not None]
         self.heat.update(max(temps) if temps else None)
         battery = power.battery(self.root)
         on_battery = battery is not None and battery.on_ac is False
         self.battery.update(battery.percent if on_battery else None)
 
-    def _others_cpu_percent(self) -> float:
+    def _cpu_percent(self, quota: float | None) -> float | None:
         """CPU taken by everything but this daemon: our own inference load is judged by the
-        queue wait instead, or a busy engine would push every request to the cloud."""
+        queue wait instead, or a busy engine would push every request to the cloud. Under a
+        CPU quota that is the cgroup's use (cpu.stat) against the quota, whatever the host's
+        other cores do; without one, the host's CPUs are what the daemon competes for."""
+        usage_usec = None if quota is None else cgroup.cpu_usage_usec(self.root)
+        if usage_usec is None:
+            self._cgroup_sample = None
+            return self._host_cpu_percent()
+        own_s = sum(self._process.cpu_times()[:2]) if self._live else 0.0
+        now, others_s = self.clock(), usage_usec / 1e6 - own_s
+        previous, self._cgroup_sample = self._cgroup_sample, (now, others_s)
+        if previous is None or now <= previous[0]:
+            return None  # the first sample is the baseline
+        return max(0.0, 100 * (others_s - previous[1]) / ((now - previous[0]) * quota))
+
+    def _host_cpu_percent(self) -> float:
         total = psutil.cpu_percent(None)
         own = self._process.cpu_percent(None) / self._cpus
         return max(0.0, total - own)
