@@ -21,7 +21,7 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
-# Rebuild models/tiny (needs the build tools: torch==2.13.0, transformers, onnx, ...).
+# Rebuild agent/data/tiny (needs the build tools: torch==2.13.0, transformers, onnx, ...).
 model:
 	$(PYTHON) -m venv .venv-build
 	.venv-build/bin/pip install --quiet -e ".[build-models]"

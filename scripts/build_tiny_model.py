@@ -1,4 +1,4 @@
-"""Build the bundled smoke-test model into models/tiny/.
+"""Build the bundled smoke-test model into agent/data/tiny/ (package data).
 
 A tiny Llama-architecture model with fixed-seed random weights and a byte-level BPE
 tokenizer trained offline, converted by the onnxruntime-genai builder to an int4 CPU
@@ -8,7 +8,7 @@ suite compares against the daemon's own output (tokenizer, chat template and gen
 checked across implementations).
 
 Needs the build tools (torch==2.13.0, transformers, tokenizers, onnx, onnx_ir); never a
-runtime or test dependency. Usage: python scripts/build_tiny_model.py [--out models/tiny]
+runtime or test dependency. Usage: python scripts/build_tiny_model.py [--out agent/data/tiny]
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ path = "cpu-fp32"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("models/tiny"))
+    parser.add_argument("--out", type=Path, default=Path("agent/data/tiny"))
     args = parser.parse_args()
     out: Path = args.out
     with tempfile.TemporaryDirectory() as tmp:

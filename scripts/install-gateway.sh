@@ -50,6 +50,8 @@ install_agent() {
   mkdir -p "$ETC_DIR/credentials"
   chmod 700 "$ETC_DIR/credentials"
   [ -f "$ETC_DIR/edge-agent.env" ] || cp "$REPO/systemd/edge-agent.env.example" "$ETC_DIR/edge-agent.env"
+  # The unit always loads this credential; left empty, it does not count (no password, or
+  # the one in EDGE_AGENT_MQTT_URL).
   [ -f "$ETC_DIR/credentials/mqtt-password" ] || install -m 600 /dev/null "$ETC_DIR/credentials/mqtt-password"
   mkdir -p "$SYSTEMD_DIR"
   sed -e "s#/opt/edge-agent#$PREFIX#g" -e "s#/etc/edge-agent#$ETC_DIR#g" \

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "models" / "tiny"
+TINY = REPO / "agent" / "data" / "tiny"
 READY_TIMEOUT_S = 60
 
 

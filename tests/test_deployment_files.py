@@ -37,6 +37,8 @@ def test_images_run_as_a_user_with_health_and_stop_signal(name: str) -> None:
     assert 'ENTRYPOINT ["edge-agent", "serve"]' in final_stage
     for variable in re.findall(r"(EDGE_AGENT_[A-Z_]+)=", text):
         assert variable in SETTINGS, variable
+    # A pinned model would not follow `models activate`; the package brings its own model.
+    assert "EDGE_AGENT_MODEL=" not in text
     for source in re.findall(r"^COPY (?:--chown=\S+ )?(\S+) ", text, re.M):
         if not source.startswith("--from"):
             assert (REPO / source).exists(), source

@@ -1,5 +1,5 @@
 """Cross-implementation check: tokenizer, chat template and greedy generation must equal
-what transformers produced on the same weights (models/tiny/reference.json)."""
+what transformers produced on the same weights (agent/data/tiny/reference.json)."""
 
 from __future__ import annotations
 

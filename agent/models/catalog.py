@@ -1,16 +1,15 @@
-"""The model catalog (`models/catalog/*.toml`): models edge-agent knows how to fetch or
-build, with per-variant sources, sizes, memory needs and tool-call markup."""
+"""The model catalog (package data `agent/data/catalog/*.toml`): models edge-agent knows
+how to fetch or build, with per-variant sources, sizes, memory needs and tool-call markup."""
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agent.settings import REPO_ROOT
-
-CATALOG_DIR = REPO_ROOT / "models" / "catalog"
+CATALOG_DIR = Path(str(resources.files("agent") / "data" / "catalog"))
 
 
 class CatalogError(ValueError):

@@ -35,8 +35,11 @@ class BrokerAddress:
         parsed = urlparse(url)
         tls = parsed.scheme == "mqtts"
         password = unquote(parsed.password) if parsed.password else None
-        if password_file is not None:
-            password = password_file.read_text().strip()
+        # Only a file with a password counts: the installer creates the mqtt-password
+        # credential empty, and systemd always passes it.
+        from_file = password_file.read_text().strip() if password_file is not None else ""
+        if from_file:
+            password = from_file
         return cls(
             host=parsed.hostname or "localhost",
             port=parsed.port or (8883 if tls else 1883),

@@ -380,7 +380,7 @@ def main() -> None:
                 peer.close()
             broker.terminate()
     if not args.no_footprint:
-        models = [("bundled tiny", REPO / "models" / "tiny"), (model_dir.name, model_dir)]
+        models = [("bundled tiny", REPO / "agent" / "data" / "tiny"), (model_dir.name, model_dir)]
         footprint(models, max_length, args.threads, prompts.next())
 
 
