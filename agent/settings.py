@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +30,11 @@ from pydantic_settings import (
 
 from agent.engine.cloud import CloudEndpoint
 from agent.engine.types import Route
+from agent.security.api_keys import ApiKeys
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL = REPO_ROOT / "models" / "tiny"
+# Package data (agent/data), found wherever the package is installed: the smoke-test model
+# that serves when no other is set up. onnxruntime-genai needs a real directory.
+BUNDLED_MODEL = Path(str(resources.files("agent") / "data" / "tiny"))
 
 Provider = Literal["auto", "cpu", "cuda", "dml", "openvino", "qnn", "webgpu"]
 
@@ -152,6 +155,9 @@ class Settings(BaseSettings):
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="extra names -> the model, an alias or a profile"
     )
+    default_model: str | None = Field(
+        None, description="requests that name no model: this model, alias or profile"
+    )
     state_dir: Path = Field(
         default_factory=lambda: default_state_dir(),
         description="profiles and other state kept across restarts",
@@ -213,12 +219,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_open_door(self) -> Settings:
-        """HTTP beyond loopback needs a key, unless the operator says otherwise."""
-        keys = self.api_keys or (self.api_key_file is not None)
-        if not _loopback(self.http_host) and not keys and not self.allow_insecure_bind:
+        """HTTP beyond loopback needs a key, unless the operator says otherwise. Keys are
+        counted as the server will use them: blank keys and comment-only files are none."""
+        if _loopback(self.http_host) or self.allow_insecure_bind:
+            return self
+        try:
+            keys = ApiKeys.load([k.get_secret_value() for k in self.api_keys], self.api_key_file)
+        except OSError as exc:
+            raise ValueError(f"api_key_file={self.api_key_file} cannot be read: {exc}") from None
+        if not keys.enabled:
+            given = " (the keys given are blank)" if self.api_keys or self.api_key_file else ""
             raise ValueError(
                 f"http_host={self.http_host} serves beyond this machine: set api_keys or "
-                "api_key_file (or allow_insecure_bind behind your own access control)"
+                f"api_key_file{given} (or allow_insecure_bind behind your own access control)"
             )
         return self
 

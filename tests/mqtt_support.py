@@ -147,13 +147,15 @@ class Device:
         return correlation
 
     def cancel(self, device_id: str, correlation: str) -> None:
+        """A cancel names the request by its correlation under this device's reply topic."""
         properties = None
         payload = b""
         if self.v5:
             properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = self.reply_topic
             properties.CorrelationData = correlation.encode()
         else:
-            payload = json.dumps({"id": correlation}).encode()
+            payload = json.dumps({"id": correlation, "reply_to": self.reply_topic}).encode()
         topic = f"edge-agent/v1/{device_id}/infer/cancel"
         self.client.publish(topic, payload, qos=1, properties=properties).wait_for_publish(10)
 

@@ -95,6 +95,34 @@ def test_cancel_running_and_queued(broker: Broker) -> None:
         daemon.stop()
 
 
+@pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
+def test_devices_reusing_an_id_get_their_own_answers(broker: Broker, gateway, v5: bool) -> None:
+    """Two devices both send id "1": each gets its own answer on its own topic."""
+    _, device_id = gateway
+    first, second = Device(broker, v5=v5), Device(broker, v5=v5)
+    assert first.replies(first.request(device_id, {**ASK, "max_tokens": 4}, "1"))[-1][
+        "type"
+    ] == "final"
+    replies = second.replies(second.request(device_id, {**ASK, "max_tokens": 3}, "1"))
+    assert [r["type"] for r in replies] == ["accepted", "final"]
+    assert replies[-1]["usage"]["completion_tokens"] == 3  # its own run, not the cached final
+    # The first device hears nothing more about "1": a later reply of its own comes first.
+    first.replies(first.request(device_id, {**ASK, "max_tokens": 1}, "2"))
+    heard = [(t, m, c) for t, m, c in first.kept if t == first.reply_topic]
+    assert [m for _, m, c in heard if "1" in (m.get("id"), c and c.decode())] == []
+
+
+@pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
+def test_a_cancel_reaches_only_its_own_devices_request(broker: Broker, gateway, v5: bool) -> None:
+    _, device_id = gateway
+    first, second = Device(broker, v5=v5), Device(broker, v5=v5)
+    long = first.request(device_id, {**ASK, "max_tokens": 8000, "stream": True}, "7")
+    first.replies(long, until="chunk")
+    second.cancel(device_id, "7")  # the same id under another reply topic
+    final = first.replies(long)[-1]
+    assert (final["finish_reason"], final["usage"]["completion_tokens"]) == ("length", 8000)
+
+
 def test_expired_request_is_dropped_with_a_final(broker: Broker) -> None:
     daemon, device_id = mqtt_daemon(broker, "--max-context", "16384", "--max-batch", "1")
     try:

@@ -30,7 +30,7 @@ def test_reasoning_maps_task_type_to_the_profile(daemon: Daemon) -> None:
             temperature=0,
         )
         assert body["prompt_tokens"] == same.usage.prompt_tokens
-        assert body["response"] == same.choices[0].message.content
+        assert body["generated_text"] == same.choices[0].message.content
 
 
 def test_reasoning_rejects_bad_input(daemon: Daemon) -> None:

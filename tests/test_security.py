@@ -4,6 +4,7 @@ each refused with an error that names it; the daemon keeps serving afterwards.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,6 +85,23 @@ def test_binding_beyond_loopback_needs_a_key(tmp_path: Path) -> None:
             assert httpx.get(f"http://127.0.0.1:{daemon.url.rsplit(':', 1)[1]}/health").is_success
         finally:
             daemon.stop()
+
+
+@pytest.mark.parametrize("blank", ["keys", "key_file"])
+def test_blank_keys_do_not_open_the_door(tmp_path: Path, blank: str) -> None:
+    """`[""]`, or a key file of comments and blank lines, is no key: start-up fails."""
+    key_file = tmp_path / "keys"
+    key_file.write_text("# keys, one per line\n\n   \n")
+    env = {**os.environ, "EDGE_AGENT_API_KEYS": '["", "  "]'}
+    flags = ["--api-key-file", str(key_file)] if blank == "key_file" else []
+    refused = subprocess.run(
+        [sys.executable, "-m", "agent", "serve", "--http-host", "0.0.0.0", "--http-port", "0",
+         *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "serves beyond this machine" in refused.stderr
+    assert "the keys given are blank" in refused.stderr
 
 
 @pytest.fixture(scope="module")

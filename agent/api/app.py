@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from agent import __version__
 from agent.api import errors, legacy, ollama, openai, ops
 from agent.api.guard import Guard
+from agent.api.json_body import JsonBody
 from agent.security.api_keys import ApiKeys
 from agent.security.rate_limit import ConcurrencyLimiter, RateLimiter
 
@@ -24,6 +25,7 @@ def create_app(service: Service) -> FastAPI:
     for module in (ops, openai, ollama, legacy):
         app.include_router(module.router)
     settings = service.settings
+    app.add_middleware(JsonBody)
     app.add_middleware(
         Guard,
         keys=ApiKeys.load([k.get_secret_value() for k in settings.api_keys], settings.api_key_file),

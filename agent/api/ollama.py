@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.openai import ToolIn
@@ -174,11 +174,6 @@ def _final_fields(final: Chunk, started: float) -> dict[str, Any]:
     if final.error:
         fields["error"] = final.error
     return fields
-
-
-@router.get("/", response_class=PlainTextResponse)
-async def root() -> str:
-    return "Ollama is running"
 
 
 @router.get("/api/version")

@@ -124,7 +124,7 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str
+    model: str | None = None  # optional, as on vLLM: the default model
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -310,12 +310,14 @@ async def _respond(
     choice: Callable[[Completed], dict],
 ) -> Any:
     """Route the request, then stream SSE events or answer with one JSON document."""
-    routed = await _service(request).router.submit(routed_request(body.to_internal(), request))
+    service = _service(request)
+    routed = await service.router.submit(routed_request(body.to_internal(), request))
     completion_id = f"{prefix}-{uuid.uuid4().hex}"
     created = int(time.time())
+    model = body.model or service.names.default
     if body.stream:
         return StreamingResponse(
-            events(routed, body, completion_id, created),
+            events(routed, body, model, completion_id, created),
             media_type="text/event-stream",
             headers=headers(routed),
         )
@@ -324,7 +326,7 @@ async def _respond(
         "id": completion_id,
         "object": kind,
         "created": created,
-        "model": body.model,
+        "model": model,
         "choices": [
             {
                 "index": 0,
@@ -341,14 +343,14 @@ async def _respond(
 
 
 async def _chat_events(
-    routed: Routed, body: ChatCompletionRequest, completion_id: str, created: int
+    routed: Routed, body: ChatCompletionRequest, model: str, completion_id: str, created: int
 ) -> AsyncIterator[str]:
     def event(delta: dict, finish: str | None = None) -> dict:
         payload = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": body.model,
+            "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if body.include_usage:
@@ -374,7 +376,7 @@ async def _chat_events(
                     "id": completion_id,
                     "object": "chat.completion.chunk",
                     "created": created,
-                    "model": body.model,
+                    "model": model,
                     "choices": [],
                     "usage": _usage(chunk.usage),
                 }
@@ -383,14 +385,14 @@ async def _chat_events(
 
 
 async def _completion_events(
-    routed: Routed, body: CompletionRequest, completion_id: str, created: int
+    routed: Routed, body: CompletionRequest, model: str, completion_id: str, created: int
 ) -> AsyncIterator[str]:
     def event(text: str, finish: str | None = None, usage: Any = None) -> dict:
         return {
             "id": completion_id,
             "object": "text_completion",
             "created": created,
-            "model": body.model,
+            "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
             "usage": _usage(usage) if usage is not None else None,
         }

@@ -74,7 +74,7 @@ class SamplingParams:
 class ChatRequest:
     """A chat (templated `messages`) or a raw completion (`prompt`, no template)."""
 
-    model: str
+    model: str | None  # None: the default model (the `default_model` setting)
     messages: tuple[Message, ...] = ()
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)

@@ -32,8 +32,10 @@ class ModelNames:
         profiles: dict[str, Profile],
         aliases: dict[str, str] | None = None,
         store: ProfileStore | None = None,
+        default: str | None = None,
     ) -> None:
         self.model = info.name
+        self.default = default or info.name  # what a request without `model` asks for
         manifest = info.manifest
         tags = [str(t) for t in manifest.get("ollama_tags", ())]
         names = [*info.aliases, manifest.get("hf_id"), *tags, *(f"{t}:latest" for t in tags)]
@@ -51,8 +53,10 @@ class ModelNames:
     def listed(self) -> list[str]:
         return [self.model, *self.aliases, *self.extra_aliases, *self.profiles]
 
-    def resolve(self, name: str) -> Profile | None:
-        """The profile `name` selects (None for the plain model); 404 for unknown names."""
+    def resolve(self, name: str | None) -> Profile | None:
+        """The profile `name` selects (None for the plain model); 404 for unknown names.
+        No name: the `default_model` setting, else the model itself."""
+        name = name or self.default
         target = self.extra_aliases.get(name, self.extra_aliases.get(_base(name), name))
         found = self._lookup(target)
         if found is False:

@@ -158,7 +158,9 @@ class MqttBridge:
         if received.topic == self.topics.cancel:
             self.connection.ack(received.mid, received.qos)
             key = messages.cancel_key(received)
-            if key is not None:
+            if key is None:
+                log.warning("mqtt cancel ignored: it needs the request's reply topic and id")
+            else:
                 self._cancel(key)
             return
         if not self.topics.is_request(received.topic):
@@ -210,18 +212,20 @@ class MqttBridge:
                 entry.expired = True
             if entry.cancelled or entry.expired:
                 reason = "expired" if entry.expired else "cancelled"
-                self._finish(key, route, messages.final(route, "", reason, None, "none", "none"))
+                await self._finish(
+                    key, route, messages.final(route, "", reason, None, "none", "none")
+                )
                 return
             await self._run(key, route, parsed.body, entry, deadline)
         except EngineError as error:
-            self._finish(key, route, messages.rejected(route, error))
+            await self._finish(key, route, messages.rejected(route, error))
         except asyncio.CancelledError:
             self._inflight.pop(key, None)  # shutting down: unacked, so redelivered later
             raise
         except Exception as exc:  # a bug must cost one request, not the bridge
             log.exception("mqtt request failed", correlation=key)
             error = EngineError("internal_error", f"The gateway failed on this request: {exc}")
-            self._finish(key, route, messages.rejected(route, error))
+            await self._finish(key, route, messages.rejected(route, error))
 
     async def _run(self, key, route, body, entry: _InFlight, deadline: float | None) -> None:
         request = replace(body.to_internal(), request_id=key)
@@ -263,7 +267,7 @@ class MqttBridge:
                     routed.reason,
                 )
                 payload["gateway"] = self.settings.device_id
-                self._finish(key, route, payload)
+                await self._finish(key, route, payload)
 
     def _expire(self, key: str) -> None:
         """Message Expiry: a request still waiting for its first token is dropped."""
@@ -272,21 +276,23 @@ class MqttBridge:
             entry.expired = True
             self.router.cancel(key)
 
-    def _finish(self, key: str, route: ReplyRoute, payload: dict) -> None:
-        entry = self._inflight.pop(key, None)
-        for timer in entry.timers if entry else ():
-            timer.cancel()
+    async def _finish(self, key: str, route: ReplyRoute, payload: dict) -> None:
+        """Spool the final, then publish it and acknowledge the request (and any
+        redelivery of it that arrived meanwhile, which the in-flight entry collects)."""
         now = time.time()
         expires = now + self.settings.mqtt_dedupe_ttl_s
         # On disk before it is published: a crash between the two is answered from here.
-        self.spool.record({"key": key, "expires": expires, "route": _route_json(route),
-                           "payload": payload})  # fmt: skip
-        self._reply(route, payload, entry.acks if entry else [])
+        await self.spool.save({"key": key, "expires": expires, "route": _route_json(route),
+                               "payload": payload})  # fmt: skip
         self._finals[key] = (expires, route, payload)
+        entry = self._inflight.pop(key, None)
+        for timer in entry.timers if entry else ():
+            timer.cancel()
+        self._reply(route, payload, entry.acks if entry else [])
         while self._finals and next(iter(self._finals.values()))[0] < now:
             self._finals.popitem(last=False)
         if self.spool.compaction_due(len(self._finals)):
-            self.spool.compact(
+            await self.spool.rewrite(
                 [{"key": k, "expires": e, "route": _route_json(r), "payload": p}
                  for k, (e, r, p) in self._finals.items()]
             )  # fmt: skip

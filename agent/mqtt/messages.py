@@ -23,10 +23,15 @@ class ReplyRoute:
 
     @property
     def key(self) -> str:
-        """The correlation id: de-duplication and cancel key."""
-        if self.correlation is not None:
-            return self.correlation.hex()
-        return f"id:{self.request_id}"
+        """De-duplication and cancel key: the reply topic with the correlation. Two devices
+        may use the same correlation id; they never share a reply topic."""
+        return request_key(self.topic, self.correlation, self.request_id)
+
+
+def request_key(topic: str, correlation: bytes | None, request_id: object) -> str:
+    """U+0000 cannot occur in an MQTT topic, so it separates the two parts unambiguously."""
+    tag = correlation.hex() if correlation is not None else f"id:{request_id}"
+    return f"{topic}\x00{tag}"
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,18 @@ def parse_request(message: Received, max_bytes: int = 1 << 20) -> ParsedRequest:
 
 
 def cancel_key(message: Received) -> str | None:
-    if message.correlation is not None:
-        return message.correlation.hex()
+    """The request a cancel names: its correlation (Correlation Data or `id`) under the
+    reply topic it was sent with (Response Topic or `reply_to`). None: it names none."""
     try:
-        fields = json.loads(message.payload)
+        fields = json.loads(message.payload) if message.payload else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
+        fields = {}
+    fields = fields if isinstance(fields, dict) else {}
+    topic = message.response_topic or fields.get("reply_to")
+    request_id = fields.get("id")
+    if not isinstance(topic, str) or (message.correlation is None and request_id is None):
         return None
-    request_id = fields.get("id") if isinstance(fields, dict) else None
-    return f"id:{request_id}" if request_id is not None else None
+    return request_key(topic, message.correlation, request_id)
 
 
 def _tagged(route: ReplyRoute, payload: dict) -> dict:

@@ -8,15 +8,16 @@ from pathlib import Path
 
 class ApiKeys:
     def __init__(self, keys: list[str]) -> None:
-        self._keys = [k.encode() for k in keys if k]
+        """Blank keys are no keys: `[""]` must not count as authentication being on."""
+        self._keys = [k.strip().encode() for k in keys if k.strip()]
 
     @classmethod
     def load(cls, keys: list[str], key_file: Path | None) -> ApiKeys:
         """Keys from the setting plus one per line of `key_file` (# comments allowed)."""
         found = list(keys)
         if key_file is not None:
-            lines = key_file.read_text().splitlines()
-            found += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            lines = (line.strip() for line in key_file.read_text().splitlines())
+            found += [line for line in lines if line and not line.startswith("#")]
         return cls(found)
 
     @property

@@ -5,13 +5,19 @@ Each final is appended and fsynced *before* it is published: if the process dies
 the broker took the final but before the request was acknowledged, the redelivered
 request finds it here. The file is rewritten (write-then-rename) without expired entries
 at start-up and whenever it has grown to twice what is live.
+
+The writes run on one worker thread of their own (`save`, `rewrite`): an fsync on an SD
+card can take tens of milliseconds, which the event loop (HTTP, MQTT keep-alives) must not
+wait through. One worker keeps the appends and rewrites in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,15 @@ class FinalsSpool:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lines = 0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="finals-spool")
+
+    async def save(self, entry: Entry) -> None:
+        """`record` on the spool's own thread; returns once the entry is on disk."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.record, entry)
+
+    async def rewrite(self, live: list[Entry]) -> None:
+        """`compact` on the spool's own thread, after the appends before it."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.compact, live)
 
     def load(self) -> list[Entry]:
         """The entries that have not expired, oldest first; the file is compacted."""
