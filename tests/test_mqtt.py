@@ -100,9 +100,10 @@ def test_devices_reusing_an_id_get_their_own_answers(broker: Broker, gateway, v5
     """Two devices both send id "1": each gets its own answer on its own topic."""
     _, device_id = gateway
     first, second = Device(broker, v5=v5), Device(broker, v5=v5)
-    assert first.replies(first.request(device_id, {**ASK, "max_tokens": 4}, "1"))[-1][
-        "type"
-    ] == "final"
+    assert (
+        first.replies(first.request(device_id, {**ASK, "max_tokens": 4}, "1"))[-1]["type"]
+        == "final"
+    )
     replies = second.replies(second.request(device_id, {**ASK, "max_tokens": 3}, "1"))
     assert [r["type"] for r in replies] == ["accepted", "final"]
     assert replies[-1]["usage"]["completion_tokens"] == 3  # its own run, not the cached final
