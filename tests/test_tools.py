@@ -9,22 +9,30 @@ from pathlib import Path
 
 import httpx
 import jsonschema
+import llguidance
 import ollama
 import onnxruntime_genai as og
 import openai
 import pytest
 
-from agent.engine.tool_calls import ToolCallReader, guidance_for, parse_calls, template_inputs
+from agent.engine.tool_calls import (
+    Guidance,
+    ToolCallReader,
+    guidance_for,
+    render_prompt,
+    template_inputs,
+)
 from agent.engine.types import (
     ChatRequest,
     EngineError,
     FinishReason,
     Message,
+    ResponseFormat,
     Tool,
     ToolCall,
     ToolChoice,
 )
-from agent.models.local import ToolMarkup
+from agent.models.info import ToolMarkup
 from tests.conftest import TINY, Daemon, start_daemon
 from tests.mqtt_support import Broker, Device
 
@@ -64,6 +72,15 @@ READING = {
     "additionalProperties": False,
 }
 ASK = [{"role": "user", "content": "Open valve 3 and tell me the weather in Oslo."}]
+F_AND_G = ChatRequest(
+    model="m",
+    tools=(
+        Tool("f", "", {"type": "object", "properties": {"a": {"type": "integer"}},
+                       "additionalProperties": False}),
+        Tool("g", "", {"type": "object"}),
+    ),
+)  # fmt: skip
+TOKENIZER = llguidance.LLTokenizer(str(TINY / "cpu-int4" / "tokenizer.json"))
 CONFIG = """
 [profiles.actuator]
 description = "Device control: every reply is a call"
@@ -189,8 +206,7 @@ def test_chat_template_renders_tools_calls_and_results() -> None:
         ),
         tools=(Tool("set_valve", "Open or close a valve", VALVE),),
     )
-    messages, tools = template_inputs(request, ToolMarkup())
-    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True)
+    text = render_prompt(tokenizer, request, ToolMarkup())
     assert '<tool_call>{"name": "set_valve", "arguments": {"valve": 3}}</tool_call>' in text
     assert '<tool_response>{"ok": true}</tool_response>' in text
     assert '"description": "Open or close a valve"' in text
@@ -345,13 +361,13 @@ def test_cloud_pass_through_keeps_tools_and_formats(
 
 
 def test_reader_streams_text_and_holds_back_only_possible_markup() -> None:
-    reader = ToolCallReader(ToolMarkup())
+    reader = ToolCallReader(F_AND_G, ToolMarkup())
     assert reader.feed("<to") == ""  # could still be a call
     assert reader.feed("ast is ready") == "<toast is ready"
     assert reader.feed(" now") == " now"
     assert reader.finish(FinishReason.STOP) == ("", (), FinishReason.STOP)
 
-    calls = ToolCallReader(ToolMarkup())
+    calls = ToolCallReader(F_AND_G, ToolMarkup())
     for piece in [" <tool", '_call>{"name": "f", "arguments": {"a": 1}}</tool_call>', "\n",
                   '<tool_call>{"name": "g", "arguments": {}}</tool_call>']:  # fmt: skip
         assert calls.feed(piece) == ""
@@ -359,35 +375,140 @@ def test_reader_streams_text_and_holds_back_only_possible_markup() -> None:
     assert text == "" and reason == FinishReason.TOOL_CALLS
     assert [(c.name, json.loads(c.arguments)) for c in found] == [("f", {"a": 1}), ("g", {})]
 
-    cut = ToolCallReader(ToolMarkup())
-    cut.feed('<tool_call>{"name": "f", "argu')
-    assert cut.finish(FinishReason.LENGTH) == (
-        '<tool_call>{"name": "f", "argu',
-        (),
-        FinishReason.LENGTH,
+    before = ToolCallReader(F_AND_G, ToolMarkup())
+    assert before.feed("Let me check.\n<tool_") == "Let me check."
+    before.feed('call>\n{"name": "g", "arguments": {}}\n</tool_call>')
+    assert before.finish(FinishReason.STOP)[1:] == (before.calls and tuple(before.calls),
+                                                    FinishReason.TOOL_CALLS)  # fmt: skip
+
+
+def test_a_cut_returns_the_completed_calls_and_never_markup() -> None:
+    cut = ToolCallReader(F_AND_G, ToolMarkup())
+    cut.feed('<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n<tool_call>{"name": "g"')
+    text, calls, reason = cut.finish(FinishReason.LENGTH)
+    assert (text, [c.name for c in calls], reason) == ("", ["f"], FinishReason.LENGTH)
+    inside = ToolCallReader(F_AND_G, ToolMarkup())
+    inside.feed('<tool_call>{"name": "f", "argu')
+    assert inside.finish(FinishReason.LENGTH) == ("", (), FinishReason.LENGTH)
+
+
+def test_the_reader_drops_undeclared_tools_and_invalid_arguments() -> None:
+    reader = ToolCallReader(F_AND_G, ToolMarkup())
+    for block in ['{"name": "format_disk", "arguments": {}}',
+                  '{"name": "f", "arguments": {"a": "x"}}',
+                  '{"name": "f", "arguments": {"a": 1, "b": 2}}', '{"name": "f", "arguments": 3}',
+                  '{"name": "g", "arguments": {"x": 1e400}}',
+                  '{"name": "f", "arguments": {"a": 2}}']:  # fmt: skip
+        reader.feed(f"<tool_call>{block}</tool_call>")
+    _, calls, reason = reader.finish(FinishReason.STOP)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 2})]
+    assert reason == FinishReason.TOOL_CALLS
+    nothing = ToolCallReader(F_AND_G, ToolMarkup())
+    nothing.feed('<tool_call>{"name": "format_disk", "arguments": {}}</tool_call>')
+    assert nothing.finish(FinishReason.STOP) == ("", (), FinishReason.STOP)
+
+
+def test_a_repeated_call_ends_the_reply() -> None:
+    stopped = []
+    reader = ToolCallReader(F_AND_G, ToolMarkup(), stop=lambda: stopped.append(True))
+    call = '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
+    reader.feed(call + '<tool_call>{"name": "f", "arguments": {"a": 2}}</tool_call>\n')
+    assert not stopped
+    reader.feed(call + call)
+    assert stopped == [True]
+    assert reader.feed("<tool_call>") == ""
+    _, calls, reason = reader.finish(FinishReason.CANCELLED)  # the engine was stopped
+    assert reason == FinishReason.TOOL_CALLS and len(calls) == 2
+
+
+def accepts(guidance: Guidance, text: str) -> bool:
+    """Whether the grammar takes `text` whole (llguidance, the tiny model's tokenizer)."""
+    kind = "lark" if guidance.kind == "lark_grammar" else "json"
+    matcher = llguidance.LLMatcher(
+        TOKENIZER, llguidance.grammar_from(kind, guidance.data), log_level=0
     )
+    ids = TOKENIZER.tokenize_str(text)
+    return matcher.consume_tokens(ids) and matcher.is_accepting() and not matcher.is_error()
+
+
+def test_numbers_in_generated_json_are_bounded() -> None:
+    """15 integer and 16 fraction digits at most: a small model otherwise writes
+    163.1333333... until max_tokens."""
+    shape = {"type": "object", "properties": {"r": {"type": "number"}, "n": {"type": "integer"}},
+             "required": ["r", "n"]}  # fmt: skip
+    request = ChatRequest(model="m", response_format=ResponseFormat("json_schema", shape))
+    grammar = guidance_for(request, ToolMarkup(), special=False)
+    assert accepts(grammar, '{"r":1.1234567890123456,"n":123456789012345}')
+    assert not accepts(grammar, '{"r":1.12345678901234567,"n":1}')
+    assert not accepts(grammar, '{"r":1,"n":1234567890123456}')
+    assert not accepts(grammar, '{"r":1234567890123456.5,"n":1}')
+    assert accepts(grammar, '{"r":1.5e-99,"n":0}')
+    assert not accepts(grammar, '{"r":1e400,"n":1}')  # inf: not JSON, a 500 at Ollama's encoder
+    tools = ChatRequest(
+        model="m", tools=(Tool("f", "", shape),), tool_choice=ToolChoice("required")
+    )
+    call = guidance_for(tools, ToolMarkup(), special=False)
+    assert accepts(call, '<tool_call>{"name":"f","arguments":{"r":-0.5,"n":7}}</tool_call>')
+    assert not accepts(call, '<tool_call>{"name":"f","arguments":{"r":0.33333333333333333')
+
+
+def test_response_format_objects_take_only_declared_keys() -> None:
+    open_shape = {"type": "object", "properties": {"city": {"type": "string"}}}
+    request = ChatRequest(model="m", response_format=ResponseFormat("json_schema", open_shape))
+    grammar = guidance_for(request, ToolMarkup(), special=False)
+    assert accepts(grammar, '{"city":"Lyon"}') and accepts(grammar, "{}")
+    assert not accepts(grammar, '{"city":"Lyon","population_years_per_year":111}')
+    declared = {**open_shape, "additionalProperties": {"type": "integer"}}
+    request = ChatRequest(model="m", response_format=ResponseFormat("json_schema", declared))
+    assert accepts(guidance_for(request, ToolMarkup(), special=False), '{"city":"Lyon","n":1}')
+    loose = ChatRequest(model="m", response_format=ResponseFormat("json_object"))
+    assert accepts(guidance_for(loose, ToolMarkup(), special=False), '{"any":[1,{"b":null}]}')
+
+
+def test_auto_mode_constrains_everything_after_the_call_markup() -> None:
+    """Before: a text branch that took anything, so `format_disk` passed as a call."""
+    request = ChatRequest(model="m", tools=(Tool("set_valve", "", VALVE),))
+    grammar = guidance_for(request, ToolMarkup(), special=False)
+    assert accepts(grammar, "The valve is open. <tool> tags are fine.")
+    call = '<tool_call>\n{"name":"set_valve","arguments":{"valve":3,"open":true}}\n</tool_call>'
+    assert accepts(grammar, call)
+    assert accepts(grammar, "Opening it now.\n" + call)
+    assert not accepts(grammar, '<tool_call>\n{"name":"format_disk","arguments":{}}\n</tool_call>')
+    assert not accepts(grammar, call.replace("3", "9"))  # not in the valve enum
+    assert not accepts(grammar, call + " and more text")
+
+
+def test_json_style_compact_by_default_or_spaced() -> None:
+    request = ChatRequest(
+        model="m", tools=(Tool("set_valve", "", VALVE),), tool_choice=ToolChoice("required")
+    )
+    spaced = '<tool_call>{"name": "set_valve", "arguments": {"valve": 3, "open": true}}</tool_call>'
+    compact = '<tool_call>{"name":"set_valve","arguments":{"valve":3,"open":true}}</tool_call>'
+    default = guidance_for(request, ToolMarkup(), special=False)
+    assert accepts(default, compact) and not accepts(default, spaced)
+    loose = guidance_for(request, ToolMarkup(json_style="spaced"), special=False)
+    assert accepts(loose, spaced) and not accepts(loose, compact)
 
 
 def test_phi4_markup_array_format_and_special_tokens() -> None:
     phi4 = ToolMarkup(start="<|tool_call|>", end="<|/tool_call|>", format="array",
                       tools_in_system=True)  # fmt: skip
-    text = (
-        '<|tool_call|>[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]'
-        "<|/tool_call|>"
-    )
-    assert [c.name for c in parse_calls(text, phi4)] == ["f", "g"]
     request = ChatRequest(
         model="m",
         messages=(Message("user", "hi"),),
-        tools=(Tool("f", "", VALVE),),
+        tools=(Tool("f", "", VALVE), Tool("g", "", {"type": "object"})),
         tool_choice=ToolChoice("required"),
     )
+    reader = ToolCallReader(request, phi4)
+    reader.feed('<|tool_call|>[{"name": "f", "arguments": {"valve": 1, "open": false}}, '
+                '{"name": "g", "arguments": {}}]<|/tool_call|>')  # fmt: skip
+    assert [c.name for c in reader.finish(FinishReason.STOP)[1]] == ["f", "g"]
     grammar = guidance_for(request, phi4, special=True)
     assert grammar.kind == "lark_grammar"
-    assert 'calls: <|tool_call|> "[" call ("," call)? ' in grammar.data
-    assert grammar.data.count('("," call)?') == 7  # at most 8 parallel calls
+    assert "calls: <|tool_call|> calls_after" in grammar.data
+    assert 'calls_after: "[" call ("," call){0,7} "]" <|/tool_call|>' in grammar.data
     messages, _ = template_inputs(request, phi4)
-    system = json.loads(messages)[0]
+    system = messages[0]
     assert system["role"] == "system" and json.loads(system["tools"])[0]["function"]["name"] == "f"
     with pytest.raises(EngineError) as refused:
         guidance_for(
