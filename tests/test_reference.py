@@ -7,15 +7,17 @@ import asyncio
 
 import openai
 
-from agent.engine.local import EngineLimits, LoadPlan, LocalEngine
+from agent.engine.loading import LoadPlan
+from agent.engine.local import LocalEngine
 from agent.engine.types import ChatRequest, Message, SamplingParams
-from agent.models.local import resolve_model
+from agent.models.info import resolve_model
+from agent.settings import EngineSettings
 from tests.conftest import TINY, Daemon
 
 
 def _engine_outputs(reference: dict) -> list[tuple[list[int], str, list[int]]]:
     plan = LoadPlan("cpu", None, {}, resolve_model(TINY, reference["variant"]))
-    engine = LocalEngine([plan], EngineLimits())
+    engine = LocalEngine([plan], EngineSettings())
 
     async def run_case(case: dict) -> tuple[list[int], str, list[int]]:
         request = ChatRequest(
@@ -25,7 +27,7 @@ def _engine_outputs(reference: dict) -> list[tuple[list[int], str, list[int]]]:
         )
         prompt_ids = engine.tokenize(engine.render_prompt(request)).tolist()
         ids: list[int] = []
-        async for chunk in await engine.submit(request):
+        async for chunk in (await engine.submit(request)).chunks:
             ids.extend(chunk.token_ids)
         return prompt_ids, engine.render_prompt(request), ids
 

@@ -16,7 +16,7 @@ import pytest
 
 from agent.routing.governor import Signal
 from tests.conftest import Daemon, start_daemon, wait_for
-from tests.mqtt_support import free_port
+from tests.mqtt_support import Broker, Device, free_port
 
 ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Hello, gateway!"}]}
 LONG = ("--max-context", "16384")
@@ -223,3 +223,42 @@ def test_an_endpoint_slow_to_first_token_is_abandoned(daemon_factory, cloud: Dae
         assert reply.status_code == 200
         assert reply.headers["x-edge-backend"] == endpoint_name("openai", cloud)
     wait_for(lambda: slow.status()["finished"].get("cancelled", 0) >= 1)
+
+
+def test_mqtt_cancel_and_expiry_close_a_cloud_stream(tmp_path, daemon_factory) -> None:
+    """The MQTT cancel and Message Expiry reach a request routed to the cloud: its
+    upstream stream is closed (the upstream counts it cancelled) and the reply ends."""
+    upstream = daemon_factory("--max-batch", "1", *LONG)
+    broker = Broker(tmp_path).start()
+    try:
+        daemon_factory("--cloud", f"openai={upstream.url}/v1", "--mqtt-url", broker.url,
+                       "--device-id", "gw-cloud", "--first-token-timeout-s", "120")  # fmt: skip
+        device = Device(broker)
+        device.status("gw-cloud", "ready")
+        long = {**ASK, "max_tokens": 16000, "stream": True, "route": "cloud_only"}
+
+        def cancelled() -> int:
+            return upstream.status()["finished"].get("cancelled", 0)
+
+        streaming = device.request("gw-cloud", long)
+        assert device.replies(streaming, until="chunk")[-1]["type"] == "chunk"
+        device.cancel("gw-cloud", streaming)
+        final = device.replies(streaming)[-1]
+        assert final["finish_reason"] == "cancelled"
+        assert final["backend"] == endpoint_name("openai", upstream)
+        wait_for(lambda: cancelled() == 1)  # the upstream saw its stream closed
+        assert upstream.status()["queue"]["running"] == 0
+
+        # Message Expiry while the request waits upstream for its first token.
+        with httpx.Client(timeout=120) as client, client.stream(
+            "POST", f"{upstream.url}/v1/chat/completions", json={**long, "route": None}
+        ) as blocker:  # fmt: skip
+            lines = blocker.iter_lines()  # kept: dropping the iterator would close the stream
+            next(line for line in lines if '"content":"' in line)
+            expiring = device.request("gw-cloud", long, expiry_s=1)
+            wait_for(lambda: upstream.status()["queue"]["depth"] == 1)  # no first token yet
+            final = device.replies(expiring, timeout_s=120)[-1]
+        assert final["finish_reason"] == "expired"
+        wait_for(lambda: cancelled() >= 2)  # the expired one's stream was closed upstream
+    finally:
+        broker.stop()

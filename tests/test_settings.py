@@ -86,3 +86,38 @@ def test_prompts_are_logged_only_when_configured(daemon_factory) -> None:
         finished = next(e for e in instance.logs if e["event"] == "request finished")
         assert finished["completion_tokens"] == 3
         assert (secret in json.dumps(instance.logs)) is logged
+
+
+def test_sections_take_tables_and_flat_names_win(tmp_path: Path, monkeypatch) -> None:
+    """A `[section]` table in TOML sets the section; the flat name (env, flag) still wins."""
+    config = tmp_path / "edge-agent.toml"
+    config.write_text("[engine]\nmax_queue = 3\nmax_batch = 2\n[http]\nport = 9101\n")
+    settings = load_settings(config)
+    assert (settings.engine.max_queue, settings.engine.max_batch, settings.http.port) == (
+        3,
+        2,
+        9101,
+    )
+    monkeypatch.setenv("EDGE_AGENT_MAX_QUEUE", "5")
+    settings = load_settings(config, http_port=9102)
+    assert (settings.engine.max_queue, settings.engine.max_batch) == (5, 2)
+    assert settings.http.port == settings.http_port == 9102
+
+
+def test_every_scalar_setting_has_a_flag() -> None:
+    """The serve flags are generated from the settings: none is missing, none is extra."""
+    from agent.cli import _parser
+    from agent.settings import is_table, setting_fields
+
+    serve = _parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    flags = {a.dest for a in serve._actions} - {"help", "config", "cloud", "first_token_timeout_s"}
+    scalars = {name for name, info in setting_fields().items() if not is_table(info)}
+    assert flags == scalars
+    args = serve.parse_args(
+        ["--no-metrics-require-key", "--default-model", "math", "--threads", "3"]
+    )
+    assert (args.metrics_require_key, args.default_model, args.intra_op_num_threads) == (
+        False,
+        "math",
+        "3",
+    )

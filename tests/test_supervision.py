@@ -204,11 +204,11 @@ def test_the_unit_has_readiness_watchdog_drain_and_sandbox() -> None:
     assert any(v.startswith("mqtt-password:") for v in unit["LoadCredential"])
     assert int(unit["WatchdogSec"][0]) > 0 and "StartLimitBurst" in unit
     # Every EDGE_AGENT_* name the unit and the env file set is a real setting.
-    from agent.settings import Settings
+    from agent.settings import setting_fields
 
     names = {line.split("=")[0] for line in env.splitlines() if line.startswith("EDGE_AGENT_")}
     names |= {v.split("=")[0] for v in unit["Environment"] if v.startswith("EDGE_AGENT_")}
-    fields = {f"EDGE_AGENT_{name.upper()}" for name in Settings.model_fields}
+    fields = {f"EDGE_AGENT_{name.upper()}" for name in setting_fields()}
     assert names <= fields, names - fields
 
 

@@ -1,4 +1,5 @@
-"""Error replies: OpenAI-style bodies on /v1 and ops routes, Ollama-style on /api."""
+"""Error replies: the HTTP status of each ErrorCode, OpenAI-style bodies on /v1 and the
+operations routes, Ollama-style `{"error": "..."}` on /api."""
 
 from __future__ import annotations
 
@@ -7,7 +8,34 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from agent.engine.types import EngineError
+from agent.engine.types import EngineError, ErrorCode
+from agent.protocol.ollama import ErrorReply
+from agent.protocol.openai import ErrorDetail, ErrorResponse
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.INVALID_SCHEMA: 400,
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
+    ErrorCode.PROMPT_TOO_LONG: 400,
+    ErrorCode.TOO_MANY_MESSAGES: 400,
+    ErrorCode.MAX_TOKENS_TOO_LARGE: 400,
+    ErrorCode.INVALID_API_KEY: 401,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.REQUEST_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_MANY_CONCURRENT_REQUESTS: 429,
+    ErrorCode.ENGINE_ERROR: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.SERVER_DRAINING: 503,
+    ErrorCode.MODEL_NOT_READY: 503,
+    ErrorCode.ENGINE_FAILED: 503,
+}
+_BY_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 
 
 def _error_type(status: int) -> str:
@@ -18,51 +46,34 @@ def _error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def error_response(
-    request: Request,
-    status: int,
-    message: str,
-    code: str,
-    param: str | None = None,
-    retry_after_s: int | None = None,
-) -> JSONResponse:
-    return error_for_path(request.url.path, status, message, code, param, retry_after_s)
-
-
 def error_for_path(
     path: str,
-    status: int,
-    message: str,
-    code: str,
-    param: str | None = None,
-    retry_after_s: int | None = None,
+    error: EngineError,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """Ollama's `{"error": "..."}` under /api/, OpenAI's error object everywhere else."""
+    status = HTTP_STATUS[error.code]
     headers = dict(headers or {})
-    if retry_after_s is not None:
-        headers["Retry-After"] = str(retry_after_s)
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(error.retry_after_s)
     if path.startswith("/api/"):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    body = {
-        "error": {
-            "message": message,
-            "type": _error_type(status),
-            "param": param,
-            "code": code,
-        }
-    }
+        body = ErrorReply(error=error.message).wire()
+    else:
+        detail = ErrorDetail(
+            message=error.message, type=_error_type(status), param=error.param, code=error.code
+        )
+        body = ErrorResponse(error=detail).wire()
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def engine_error_response(request: Request, exc: EngineError) -> JSONResponse:
-    return error_response(request, exc.status, exc.message, exc.code, exc.param, exc.retry_after_s)
+def error_response(request: Request, error: EngineError) -> JSONResponse:
+    return error_for_path(request.url.path, error)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        return engine_error_response(request, exc)
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -71,11 +82,12 @@ def install(app: FastAPI) -> None:
         param = ".".join(loc) or None
         if first["type"] == "json_invalid":
             message = f"Request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
-            return error_response(request, 400, message.rstrip(": "), "invalid_json")
+            invalid = EngineError(ErrorCode.INVALID_JSON, message.rstrip(": "))
+            return error_response(request, invalid)
         message = f"{param or 'body'}: {first['msg']}"
-        return error_response(request, 400, message, "invalid_request", param)
+        return error_response(request, EngineError(ErrorCode.INVALID_REQUEST, message, param=param))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, str(exc.detail), code)
+        code = _BY_STATUS.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+        return error_response(request, EngineError(code, str(exc.detail)))

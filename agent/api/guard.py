@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from agent.api.errors import error_for_path
+from agent.engine.types import EngineError, ErrorCode
 from agent.security.api_keys import ApiKeys
 from agent.security.rate_limit import ConcurrencyLimiter, RateLimiter, retry_after
 
@@ -54,9 +55,11 @@ class Guard:
             and path not in self.open_paths
             and not self.keys.allows(authorization)
         ):
-            await self._refuse(scope, receive, send, 401, "invalid_api_key",
-                               "Invalid or missing API key: send Authorization: Bearer KEY",
-                               headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            refusal = EngineError(
+                ErrorCode.INVALID_API_KEY,
+                "Invalid or missing API key: send Authorization: Bearer KEY",
+            )
+            await self._refuse(scope, receive, send, refusal, {"WWW-Authenticate": "Bearer"})
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_request_bytes:
@@ -68,14 +71,20 @@ class Guard:
         client = self._client(scope, authorization)
         wait = self.rate.take(client)
         if wait > 0:
-            await self._refuse(scope, receive, send, 429, "rate_limited",
-                               f"Rate limit: {self.rate.per_minute:g} requests per minute",
-                               retry_after_s=retry_after(wait))  # fmt: skip
+            refusal = EngineError(
+                ErrorCode.RATE_LIMITED,
+                f"Rate limit: {self.rate.per_minute:g} requests per minute",
+                retry_after_s=retry_after(wait),
+            )
+            await self._refuse(scope, receive, send, refusal)
             return
         if not self.streams.enter(client):
-            await self._refuse(scope, receive, send, 429, "too_many_concurrent_requests",
-                               f"At most {self.streams.limit} requests at a time per client",
-                               retry_after_s=1)  # fmt: skip
+            refusal = EngineError(
+                ErrorCode.TOO_MANY_CONCURRENT_REQUESTS,
+                f"At most {self.streams.limit} requests at a time per client",
+                retry_after_s=1,
+            )
+            await self._refuse(scope, receive, send, refusal)
             return
         try:
             await self._forward(scope, receive, send)
@@ -116,9 +125,11 @@ class Guard:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._refuse(scope, receive, send, 413, "request_too_large",
-                           f"The request body exceeds max_request_bytes "
-                           f"({self.max_request_bytes} bytes)")  # fmt: skip
+        refusal = EngineError(
+            ErrorCode.REQUEST_TOO_LARGE,
+            f"The request body exceeds max_request_bytes ({self.max_request_bytes} bytes)",
+        )
+        await self._refuse(scope, receive, send, refusal)
 
     def _client(self, scope: Scope, authorization: str | None) -> str:
         if self.keys.enabled and authorization:
@@ -131,12 +142,8 @@ class Guard:
         scope: Scope,
         receive: Receive,
         send: Send,
-        status: int,
-        code: str,
-        message: str,
-        retry_after_s: int | None = None,
+        refusal: EngineError,
         headers: dict[str, str] | None = None,
     ) -> None:
-        response = error_for_path(scope["path"], status, message, code, None, retry_after_s,
-                                  headers)  # fmt: skip
+        response = error_for_path(scope["path"], refusal, headers)
         await response(scope, receive, send)

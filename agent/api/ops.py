@@ -2,33 +2,47 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Any
+
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agent.api.deps import GatewayDep
+from agent.protocol.legacy import Health
 
 router = APIRouter()
 
 
-@router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+@router.get("/health", response_model=Health, responses={503: {"model": Health}})
+async def health(gateway: GatewayDep) -> JSONResponse:
+    """Liveness, in the older FastAPI ONNX engine's shape. A dead engine thread is a 503, so
+    a container HEALTHCHECK (`curl -f`) notices; loading and draining are `/ready`'s."""
+    readiness = gateway.readiness()
+    if readiness.state != "engine_failed":
+        return JSONResponse(Health(status="healthy", model=gateway.names.model).wire())
+    body = Health(status="unhealthy", model=gateway.names.model, reason=readiness.reason)
+    return JSONResponse(body.wire(), status_code=503)
 
 
 @router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
-    service = request.app.state.service
-    if service.ready:
+async def ready(gateway: GatewayDep) -> JSONResponse:
+    """200 while new requests are served; 503 while loading, draining, or with a dead
+    engine (then with the reason)."""
+    readiness = gateway.readiness()
+    if readiness.ready:
         return JSONResponse({"status": "ready"})
-    state = "draining" if service.draining else "loading"
-    return JSONResponse({"status": state}, status_code=503, headers={"Retry-After": "1"})
+    body: dict[str, str] = {"status": readiness.state}
+    if readiness.reason is not None:
+        body["reason"] = readiness.reason
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 @router.get("/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(request: Request) -> Response:
-    registry = request.app.state.service.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(gateway: GatewayDep) -> Response:
+    return Response(gateway.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/agent/status")
-async def status(request: Request) -> dict:
-    return request.app.state.service.status()
+async def status(gateway: GatewayDep) -> dict[str, Any]:
+    return gateway.status()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.hardware.profile import HardwareProfile, detect
+from agent.hardware.inventory import HardwareInventory, detect
 from agent.hardware.providers import Installed, rank
-from agent.models.local import variant_providers
+from agent.models.info import variant_providers
 
 GIB = 1024**3
 
@@ -46,7 +46,7 @@ def report(root: Path, model_dir: Path, as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _profile_lines(profile: HardwareProfile) -> list[str]:
+def _profile_lines(profile: HardwareInventory) -> list[str]:
     cpu, box = profile.cpu, profile.container
 
     def gib(value: int | None, missing: str = "unknown") -> str:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from agent.engine.local import LoadPlan
-from agent.hardware.profile import HardwareProfile
+from agent.engine.loading import LoadPlan
+from agent.hardware.inventory import HardwareInventory
 from agent.hardware.providers import Candidate, Installed, rank, register_plugin
-from agent.models.local import resolve_model, variant_providers
+from agent.models.info import resolve_model, variant_providers
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ def select(
     provider: str,
     fallback: bool,
     options: dict[str, dict[str, str]],
-    profile: HardwareProfile,
+    profile: HardwareInventory,
     installed: Installed,
 ) -> Selection:
     """`auto` tries every accepted candidate in rank order. A named provider is tried even

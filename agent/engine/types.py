@@ -94,6 +94,13 @@ class ChatRequest:
     def choice(self) -> ToolChoice:
         return self.tool_choice or ToolChoice()
 
+    @property
+    def last_text(self) -> str:
+        """The prompt, or the last message's text."""
+        if self.prompt is not None:
+            return self.prompt
+        return self.messages[-1].content if self.messages else ""
+
 
 Route = Literal["local_only", "prefer_local", "prefer_cloud", "cloud_only"]
 ROUTES: tuple[str, ...] = get_args(Route)
@@ -142,33 +149,59 @@ class Chunk:
     error: str | None = None
 
 
+class ErrorCode(StrEnum):
+    """Why a request was refused or failed; the interfaces map each to an HTTP status and
+    error body (agent/api/errors.py) or an MQTT `rejected` reply (agent/mqtt)."""
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_JSON = "invalid_json"
+    INVALID_SCHEMA = "invalid_schema"
+    MODEL_NOT_FOUND = "model_not_found"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    TOO_MANY_MESSAGES = "too_many_messages"
+    MAX_TOKENS_TOO_LARGE = "max_tokens_too_large"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    SERVER_BUSY = "server_busy"
+    SERVER_DRAINING = "server_draining"
+    MODEL_NOT_READY = "model_not_ready"
+    ENGINE_FAILED = "engine_failed"  # the local engine's thread died
+    ENGINE_ERROR = "engine_error"
+    INTERNAL_ERROR = "internal_error"
+    # Refusals at the HTTP door, before a request reaches the router
+    INVALID_API_KEY = "invalid_api_key"
+    REQUEST_TOO_LARGE = "request_too_large"
+    TOO_MANY_CONCURRENT_REQUESTS = "too_many_concurrent_requests"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+
+
 class EngineError(Exception):
-    """A refusal with an OpenAI-style string code; interfaces map it to HTTP/MQTT replies."""
+    """A request refused (or failed) with an ErrorCode; nothing here knows HTTP."""
 
     def __init__(
         self,
-        code: str,
+        code: ErrorCode,
         message: str,
         *,
-        status: int = 400,
         param: str | None = None,
         retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)
         self.message = message
-        self.status = status
         self.param = param
         self.retry_after_s = retry_after_s
 
 
 def context_length_exceeded(message: str, param: str = "messages") -> EngineError:
-    return EngineError("context_length_exceeded", message, status=400, param=param)
+    return EngineError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, message, param=param)
 
 
 def server_busy(message: str, retry_after_s: int) -> EngineError:
-    return EngineError("server_busy", message, status=503, retry_after_s=retry_after_s)
+    return EngineError(ErrorCode.SERVER_BUSY, message, retry_after_s=retry_after_s)
 
 
 def model_not_ready() -> EngineError:
-    return EngineError("model_not_ready", "The model is still loading", status=503, retry_after_s=1)
+    return EngineError(ErrorCode.MODEL_NOT_READY, "The model is still loading", retry_after_s=1)

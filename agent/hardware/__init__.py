@@ -1,1 +1,1 @@
-"""Hardware detection (HardwareProfile) and execution-provider ranking."""
+"""Hardware detection (HardwareInventory) and execution-provider ranking."""

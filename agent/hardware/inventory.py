@@ -1,4 +1,4 @@
-"""HardwareProfile: what the gateway has, read from a root path (tests point it at a fixture).
+"""HardwareInventory: what the gateway has, read from a root path (tests point it at a fixture).
 
 Every probe degrades to "unknown" (None / empty) instead of failing start-up.
 """
@@ -10,12 +10,13 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.hardware import accelerators, cgroup, cpu, power
 
 
 @dataclass(frozen=True)
-class HardwareProfile:
+class HardwareInventory:
     cpu: cpu.CpuInfo
     memory_total_bytes: int | None
     memory_available_bytes: int | None
@@ -47,7 +48,7 @@ class HardwareProfile:
         temps = [z.celsius for z in self.thermal if z.celsius is not None]
         return max(temps) if temps else None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["usable_cores"] = self.usable_cores
         data["usable_memory_bytes"] = self.usable_memory_bytes
@@ -55,13 +56,13 @@ class HardwareProfile:
         return data
 
 
-def detect(root: Path = Path("/")) -> HardwareProfile:
+def detect(root: Path = Path("/")) -> HardwareInventory:
     live = root == Path("/")
     meminfo = _meminfo(root / "proc" / "meminfo")
     gpus = accelerators.gpus(root)
     if live and shutil.which("nvidia-smi"):
         gpus = accelerators.merge_nvidia_smi(gpus, _nvidia_smi())
-    return HardwareProfile(
+    return HardwareInventory(
         cpu=cpu.read(root, live=live),
         memory_total_bytes=meminfo.get("MemTotal"),
         memory_available_bytes=meminfo.get("MemAvailable"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnxruntime_genai as og
 
-from agent.hardware.profile import HardwareProfile
+from agent.hardware.inventory import HardwareInventory
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,35 @@ class Installed:
 
     cuda: bool = False
     openvino: bool = False
+    # The device types the OpenVINO plugin offers on this machine; None: not asked. The
+    # plugin installs on any x86-64 machine but may offer no device there (seen on AMD).
+    openvino_devices: frozenset[str] | None = None
 
     @classmethod
     def probe(cls) -> Installed:
         og_dir = Path(og.__file__).parent
+        openvino = importlib.util.find_spec("onnxruntime_ep_openvino") is not None
         return cls(
             cuda=any(og_dir.glob("libonnxruntime-genai-cuda.*")),
-            openvino=importlib.util.find_spec("onnxruntime_ep_openvino") is not None,
+            openvino=openvino,
+            openvino_devices=_openvino_devices() if openvino else None,
         )
+
+
+def _openvino_devices() -> frozenset[str]:
+    """Ask onnxruntime which devices the OpenVINO plugin offers: registering the library
+    with onnxruntime-genai succeeds even where it then offers none."""
+    import onnxruntime as ort
+    import onnxruntime_ep_openvino as openvino
+
+    name = openvino.get_ep_name()
+    try:
+        ort.register_execution_provider_library(name, openvino.get_library_path())
+    except Exception:
+        return frozenset()
+    return frozenset(
+        device.device.type.name for device in ort.get_ep_devices() if device.ep_name == name
+    )
 
 
 @dataclass(frozen=True)
@@ -75,7 +96,7 @@ class Candidate:
 
 
 def rank(
-    profile: HardwareProfile, installed: Installed, model_variants: set[str]
+    profile: HardwareInventory, installed: Installed, model_variants: set[str]
 ) -> list[Candidate]:
     """Every provider in rank order, each accepted or rejected with the reason."""
     ranked = []
@@ -89,7 +110,7 @@ def rank(
     return ranked
 
 
-def _hardware_problem(spec: ProviderSpec, profile: HardwareProfile) -> str | None:
+def _hardware_problem(spec: ProviderSpec, profile: HardwareInventory) -> str | None:
     vendors_gpu = {g.vendor for g in profile.gpus}
     vendors_npu = {n.vendor for n in profile.npus}
     match (spec.name, spec.device):
@@ -115,10 +136,13 @@ def _software_problem(spec: ProviderSpec, installed: Installed) -> str | None:
         return "onnxruntime-genai-cuda is not installed"
     if spec.name == "openvino" and not installed.openvino:
         return "onnxruntime-ep-openvino is not installed"
+    devices = installed.openvino_devices
+    if spec.name == "openvino" and devices is not None and spec.device.upper() not in devices:
+        return f"the OpenVINO plugin offers no {spec.device.upper()} device on this machine"
     return None
 
 
-def _hardware_reason(spec: ProviderSpec, profile: HardwareProfile) -> str:
+def _hardware_reason(spec: ProviderSpec, profile: HardwareInventory) -> str:
     if spec.device == "npu":
         return f"NPU: {', '.join(n.name for n in profile.npus)}"
     if spec.device == "gpu" and profile.gpus:

@@ -36,12 +36,16 @@ class ToolMarkup:
     `array`: one block holding a JSON array of calls (Phi-4-mini:
     `<|tool_call|>[...]<|/tool_call|>`). `tools_in_system`: the chat template reads the
     tool list from the system message's `tools` field (Phi-4-mini) instead of `tools`.
+    `json_style`: the JSON the grammar lets the model write, `compact` (fewer tokens, and
+    more calls completed on SmolLM2-135M: scripts/eval/RESULTS.md) or `spaced`, as Python
+    and chat templates print it.
     """
 
     start: str = "<tool_call>"
     end: str = "</tool_call>"
     format: Literal["object", "array"] = "object"
     tools_in_system: bool = False
+    json_style: Literal["compact", "spaced"] = "compact"
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ToolMarkup:
@@ -49,6 +53,10 @@ class ToolMarkup:
         markup = cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
         if markup.format not in ("object", "array"):
             raise ModelDirError(f"tool_calls.format must be object or array, not {markup.format!r}")
+        if markup.json_style not in ("spaced", "compact"):
+            raise ModelDirError(
+                f"tool_calls.json_style must be spaced or compact, not {markup.json_style!r}"
+            )
         return markup
 
 
@@ -111,7 +119,7 @@ def resolve_model(
 
 def _pick_variant(
     variants: list[dict[str, Any]], wanted: str | None, provider: str | None, where: Path
-) -> dict:
+) -> dict[str, Any]:
     if not variants:
         raise ModelDirError(f"{where} lists no variants")
     if wanted is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.models.local import ModelInfo
+from agent.models.info import ModelInfo
 
 MIB = 1 << 20
 MIN_CONTEXT = 512

@@ -97,9 +97,10 @@ def _instructions(text: str) -> list[tuple[str, str]]:
 def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         try:
-            return json.loads(value)
+            decoded: str = json.loads(value)  # a JSON document in double quotes is a string
         except json.JSONDecodeError:
             return value[1:-1]
+        return decoded
     return value
 
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
-from agent.engine.types import ChatRequest, EngineError, Message, SamplingParams, ToolChoice
-from agent.models.local import ModelInfo
+from agent.engine.types import (
+    ChatRequest,
+    EngineError,
+    ErrorCode,
+    Message,
+    SamplingParams,
+    ToolChoice,
+)
+from agent.models.info import ModelInfo
 from agent.models.modelfile import Modelfile
 from agent.settings import Profile
 from agent.state.profiles import ProfileStore
@@ -62,14 +69,13 @@ class ModelNames:
         if found is False:
             where = f"{name!r} (an alias of {target!r})" if target != name else repr(name)
             raise EngineError(
-                "model_not_found",
+                ErrorCode.MODEL_NOT_FOUND,
                 f"The model {where} does not exist. Available: {', '.join(self.listed())}",
-                status=404,
                 param="model",
             )
         return found
 
-    def _lookup(self, name: str) -> Profile | bool | None:
+    def _lookup(self, name: str) -> Profile | Literal[False] | None:
         """A profile, None for the model itself, False when the name is unknown."""
         profiles = self.profiles
         for candidate in (name, _base(name)):
@@ -84,25 +90,28 @@ class ModelNames:
         name = _base(name)
         if not PROFILE_NAME.match(name):
             raise EngineError(
-                "invalid_request",
+                ErrorCode.INVALID_REQUEST,
                 f"{name!r} is not a valid name: letters, digits and . _ : / - (64 at most)",
                 param="model",
             )
         if name in (self.model, *self.aliases) or name in self.extra_aliases:
             raise EngineError(
-                "invalid_request", f"{name!r} names the model itself or an alias", param="model"
+                ErrorCode.INVALID_REQUEST,
+                f"{name!r} names the model itself or an alias",
+                param="model",
             )
         if self.store is None:
-            raise EngineError("invalid_request", "No state directory: profiles cannot be saved")
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST, "No state directory: profiles cannot be saved"
+            )
         base = modelfile.base or self.model
         try:
             inherited = self.resolve(base)
         except EngineError:
             raise EngineError(
-                "model_not_found",
+                ErrorCode.MODEL_NOT_FOUND,
                 f"FROM {base}: this gateway serves {self.model!r}; FROM must name it, an alias "
                 f"or a profile ({', '.join(self.listed())})",
-                status=404,
                 param="from",
             ) from None
         fields = inherited.model_dump(exclude_defaults=True) if inherited else {}
@@ -117,7 +126,7 @@ class ModelNames:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             raise EngineError(
-                "invalid_request", f"PARAMETER {field}: {first['msg']}", param=field
+                ErrorCode.INVALID_REQUEST, f"PARAMETER {field}: {first['msg']}", param=field
             ) from None
         self.store.save(name, profile)
         return profile
@@ -128,12 +137,12 @@ class ModelNames:
             return
         if name in self.configured:
             raise EngineError(
-                "invalid_request",
+                ErrorCode.INVALID_REQUEST,
                 f"{name!r} is defined in the configuration; remove it there",
                 param="model",
             )
         raise EngineError(
-            "model_not_found", f"No profile {name!r} to delete", status=404, param="model"
+            ErrorCode.MODEL_NOT_FOUND, f"No profile {name!r} to delete", param="model"
         )
 
 

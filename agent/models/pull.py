@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -26,6 +26,14 @@ DISK_MARGIN = 1.05  # room for the hub's temporary files
 
 class PullError(RuntimeError):
     """The pull stopped; the message says why and what to do."""
+
+
+class ManifestFile(TypedDict):
+    """One verified file, as the manifest lists it for `verify`."""
+
+    path: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -123,11 +131,11 @@ def _from_folder(
     return folder, version, expected, {"path": str(source.resolve())}
 
 
-def _verify(staging: Path, folder: str, expected: dict[str, str | None]) -> list[dict[str, Any]]:
+def _verify(staging: Path, folder: str, expected: dict[str, str | None]) -> list[ManifestFile]:
     """Hash every file of the variant; a mismatch deletes the file and stops the pull."""
     paths = sorted(p for p in (staging / folder).rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in paths)
-    files = []
+    files: list[ManifestFile] = []
     columns = (TextColumn("verifying"), BarColumn(), DownloadColumn())
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("verify", total=total)
@@ -152,7 +160,7 @@ def _manifest(
     variant: CatalogVariant,
     folder: str,
     origin: dict[str, str],
-    files: list[dict[str, Any]],
+    files: list[ManifestFile],
 ) -> dict[str, Any]:
     keep = ("name", "description", "hf_id", "ollama_tags", "family", "parameter_size")
     manifest: dict[str, Any] = {k: entry.manifest[k] for k in keep if k in entry.manifest}

@@ -3,9 +3,9 @@
 At-least-once without loss: a request is acknowledged to the broker only once its final
 reply has been acknowledged by the broker (persistent session, manual acks), so a broker
 or daemon restart redelivers whatever was not answered. Redeliveries are recognised by
-correlation id: one in flight is answered by the running request, one already answered
-gets the cached final again. Finals are spooled to the state directory before they are
-published, so this holds across a crash too.
+reply topic and correlation id: one in flight is answered by the running request, one
+already answered gets the cached final again. Finals are spooled to the state directory
+before they are published, so this holds across a crash too.
 """
 
 from __future__ import annotations
@@ -13,28 +13,42 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import structlog
+from paho.mqtt.client import MQTTMessageInfo
 
 from agent import __version__
-from agent.engine.types import EngineError
-from agent.mqtt import messages
+from agent.engine.reply import ReplyReader
+from agent.engine.types import EngineError, ErrorCode
 from agent.mqtt.connection import BrokerAddress, Connection, Received
-from agent.mqtt.messages import ReplyRoute
 from agent.mqtt.topics import Topics
-from agent.routing.router import Router
+from agent.protocol.fields import WireModel
+from agent.protocol.mqtt import (
+    Accepted,
+    ChunkReply,
+    FinalReply,
+    Rejected,
+    ReplyRoute,
+    cancel_key,
+    parse_request,
+)
+from agent.protocol.openai import ChatCompletionRequest
+from agent.routing.port import Gateway
 from agent.security.rate_limit import RateLimiter, retry_after
-from agent.settings import Settings
-from agent.state.finals import FinalsSpool
+from agent.settings import MqttSettings
+from agent.state.finals import Entry, FinalsSpool
 
 log = structlog.get_logger(__name__)
+Payload = dict[str, Any]
+Ack = tuple[int, int]  # an inbound message's (mid, qos)
 
 
 @dataclass
 class _InFlight:
-    acks: list[tuple[int, int]]
+    acks: list[Ack]
     cancelled: bool = False
     submitted: bool = False
     started: bool = False
@@ -44,17 +58,22 @@ class _InFlight:
 
 class MqttBridge:
     def __init__(
-        self, settings: Settings, router: Router, describe: Callable[[], dict[str, object]]
+        self,
+        settings: MqttSettings,
+        rate: RateLimiter,
+        device_id: str,
+        state_dir: Path,
+        gateway: Gateway,
     ) -> None:
         self.settings = settings
-        self.router = router
-        self.describe = describe
-        self.topics = Topics(settings.mqtt_topic_prefix, settings.device_id, settings.mqtt_pool)
+        self.device_id = device_id
+        self.gateway = gateway
+        self.topics = Topics(settings.topic_prefix, device_id, settings.pool)
         self.state = "init"
         self._ready = asyncio.Event()
         self._inflight: dict[str, _InFlight] = {}
-        self._finals: OrderedDict[str, tuple[float, ReplyRoute, dict]] = OrderedDict()
-        self.spool = FinalsSpool(settings.state_dir / f"mqtt-finals-{settings.device_id}.jsonl")
+        self._finals: OrderedDict[str, tuple[float, ReplyRoute, Payload]] = OrderedDict()
+        self.spool = FinalsSpool(state_dir / f"mqtt-finals-{device_id}.jsonl")
         for entry in self.spool.load():  # finals given before a crash or restart
             route = ReplyRoute(
                 entry["route"]["topic"],
@@ -64,10 +83,10 @@ class MqttBridge:
                 entry["route"]["request_id"],
             )
             self._finals[entry["key"]] = (entry["expires"], route, entry["payload"])
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.connection: Connection | None = None
         self.draining = False
-        self.rate = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.rate = rate  # per device (reply topic)
 
     @property
     def connected(self) -> bool:
@@ -76,25 +95,26 @@ class MqttBridge:
     async def start(self) -> None:
         settings = self.settings
         self.connection = Connection(
-            address=BrokerAddress.parse(settings.mqtt_url or "", settings.mqtt_password_file),
-            client_id=f"edge-agent-{settings.device_id}",
-            v5=settings.mqtt_protocol == "5",
-            keepalive_s=settings.mqtt_keepalive_s,
-            session_expiry_s=settings.mqtt_session_expiry_s,
+            address=BrokerAddress.parse(settings.url or "", settings.password_file),
+            client_id=f"edge-agent-{self.device_id}",
+            v5=settings.protocol == "5",
+            keepalive_s=settings.keepalive_s,
+            session_expiry_s=settings.session_expiry_s,
             will=(self.topics.status, self._status("lost")),
             on_connect=self._on_connect,
             on_message=self._on_message,
             loop=asyncio.get_running_loop(),
-            ca_file=settings.mqtt_ca_file,
-            cert_file=settings.mqtt_cert_file,
-            key_file=settings.mqtt_key_file,
+            ca_file=settings.ca_file,
+            cert_file=settings.cert_file,
+            key_file=settings.key_file,
         )
         self.connection.start()
 
-    async def wait_subscribed(self, timeout_s: float) -> bool:
-        """Whether the broker took our subscriptions within `timeout_s`."""
+    async def wait_subscribed(self, timeout_s: float | None) -> bool:
+        """Whether the broker took our subscriptions within `timeout_s` (None: wait)."""
+        subscribed = self._connection().subscribed
         try:
-            await asyncio.wait_for(self.connection.subscribed.wait(), timeout_s)
+            await asyncio.wait_for(subscribed.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
@@ -117,8 +137,8 @@ class MqttBridge:
         """Requests accepted and not yet answered."""
         return bool(self._inflight)
 
-    def publish_telemetry(self, document: dict) -> None:
-        if self.connected:
+    def publish_telemetry(self, document: Payload) -> None:
+        if self.connection is not None and self.connected:
             self.connection.publish(self.topics.telemetry, document, qos=0)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
@@ -135,36 +155,42 @@ class MqttBridge:
 
     # ---- connection events (asyncio thread) -------------------------------------------
 
+    def _connection(self) -> Connection:
+        if self.connection is None:
+            raise RuntimeError("the bridge has not been started")
+        return self.connection
+
     def _on_connect(self) -> None:
         topics = [self.topics.request, self.topics.cancel]
         if self.topics.pool_request:
             topics.append(self.topics.pool_request)
-        self.connection.subscribe(topics)
+        self._connection().subscribe(topics)
         self._publish_status()
 
-    def _status(self, state: str) -> dict:
+    def _status(self, state: str) -> Payload:
         return {
             "state": state,
             "session": self.connection.connects if self.connection else 0,
             "ts": time.time(),
             "version": __version__,
-            **self.describe(),
+            **self.gateway.describe(),
         }
 
-    def _publish_status(self):
-        return self.connection.publish(self.topics.status, self._status(self.state), retain=True)
+    def _publish_status(self) -> MQTTMessageInfo:
+        return self._connection().publish(self.topics.status, self._status(self.state), retain=True)
 
     def _on_message(self, received: Received) -> None:
+        connection = self._connection()
         if received.topic == self.topics.cancel:
-            self.connection.ack(received.mid, received.qos)
-            key = messages.cancel_key(received)
+            connection.ack(received.mid, received.qos)
+            key = cancel_key(received.payload, received.response_topic, received.correlation)
             if key is None:
                 log.warning("mqtt cancel ignored: it needs the request's reply topic and id")
             else:
                 self._cancel(key)
             return
         if not self.topics.is_request(received.topic):
-            self.connection.ack(received.mid, received.qos)
+            connection.ack(received.mid, received.qos)
             return
         if self.draining:
             log.info("mqtt request left on the broker: draining", topic=received.topic)
@@ -179,28 +205,37 @@ class MqttBridge:
             return
         entry.cancelled = True
         if entry.submitted:
-            self.router.cancel(key)
+            self.gateway.cancel(key)
 
     # ---- one request --------------------------------------------------------------------
 
     async def _serve(self, received: Received) -> None:
         inbound = (received.mid, received.qos)
-        parsed = messages.parse_request(received, self.settings.mqtt_max_payload_bytes)
+        parsed = parse_request(
+            received.payload,
+            received.response_topic,
+            received.correlation,
+            self.settings.max_payload_bytes,
+        )
         route = parsed.route
         if route is None:
             log.warning("mqtt request dropped: no reply topic", topic=received.topic)
-            self.connection.ack(*inbound)
+            self._connection().ack(*inbound)
             return
         key = route.key
         if self._replay(key, inbound):
             return
+        error = parsed.error
         wait = self.rate.take(route.topic)  # a device is known by its reply topic
-        if parsed.error is None and wait > 0:
-            parsed = replace(parsed, error=EngineError(
-                "rate_limited", f"Rate limit: {self.rate.per_minute:g} requests per minute",
-                retry_after_s=retry_after(wait)))  # fmt: skip
-        if parsed.error is not None:
-            self._reply(route, messages.rejected(route, parsed.error), [inbound])
+        if error is None and wait > 0:
+            error = EngineError(
+                ErrorCode.RATE_LIMITED,
+                f"Rate limit: {self.rate.per_minute:g} requests per minute",
+                retry_after_s=retry_after(wait),
+            )
+        if error is not None or parsed.body is None:
+            refusal = error or EngineError(ErrorCode.INVALID_REQUEST, "No request")
+            self._reply(route, Rejected.of(route, refusal), [inbound])
             return
         entry = _InFlight(acks=[inbound])
         self._inflight[key] = entry
@@ -212,92 +247,101 @@ class MqttBridge:
                 entry.expired = True
             if entry.cancelled or entry.expired:
                 reason = "expired" if entry.expired else "cancelled"
-                await self._finish(
-                    key, route, messages.final(route, "", reason, None, "none", "none")
-                )
+                await self._finish(key, route, FinalReply.unserved(route, reason))
                 return
             await self._run(key, route, parsed.body, entry, deadline)
-        except EngineError as error:
-            await self._finish(key, route, messages.rejected(route, error))
+        except EngineError as refused:
+            await self._finish(key, route, Rejected.of(route, refused))
         except asyncio.CancelledError:
             self._inflight.pop(key, None)  # shutting down: unacked, so redelivered later
             raise
         except Exception as exc:  # a bug must cost one request, not the bridge
             log.exception("mqtt request failed", correlation=key)
-            error = EngineError("internal_error", f"The gateway failed on this request: {exc}")
-            await self._finish(key, route, messages.rejected(route, error))
+            failure = EngineError(
+                ErrorCode.INTERNAL_ERROR, f"The gateway failed on this request: {exc}"
+            )
+            await self._finish(key, route, Rejected.of(route, failure))
 
-    async def _run(self, key, route, body, entry: _InFlight, deadline: float | None) -> None:
+    async def _run(
+        self,
+        key: str,
+        route: ReplyRoute,
+        body: ChatCompletionRequest,
+        entry: _InFlight,
+        deadline: float | None,
+    ) -> None:
         request = replace(body.to_internal(), request_id=key)
-        routed = await self.router.submit(request)
-        entry.submitted = True
-        if entry.cancelled:
-            self.router.cancel(key)
         loop = asyncio.get_running_loop()
-        if deadline is not None:
+        if deadline is not None:  # armed first: a cloud endpoint's first-token wait counts
             entry.timers.append(loop.call_at(deadline, self._expire, key))
-        self._reply(route, messages.accepted(route))
-        interval = self.settings.mqtt_chunk_interval_ms / 1000
-        parts: list[str] = []
+        entry.submitted = True  # from here a cancel reaches the router, which holds it
+        routed = await self.gateway.submit(request)
+        if entry.cancelled:
+            self.gateway.cancel(key)
+        self._reply(route, Accepted(id=route.request_id))
+        interval = self.settings.chunk_interval_ms / 1000
         pending: list[str] = []
         seq, flushed_at, pending_tokens = 0, loop.time(), 0
-        async for chunk in routed.chunks:
-            entry.started = entry.started or bool(chunk.token_ids)
-            parts.append(chunk.text)
-            if body.stream and chunk.text:
-                pending.append(chunk.text)
-            pending_tokens += len(chunk.token_ids)
+        reader = ReplyReader(routed.chunks)
+        async for piece in reader.pieces():
+            entry.started = entry.started or bool(piece.token_ids or piece.text)
+            pending_tokens += len(piece.token_ids)
+            if body.stream and piece.text:
+                pending.append(piece.text)
             # The first text goes at once (time to first token); then batches of tokens.
-            due = seq == 0 or pending_tokens >= self.settings.mqtt_chunk_tokens
-            due = due or (loop.time() - flushed_at) >= interval or chunk.finish_reason is not None
-            if pending and due:
-                seq += 1
-                self._reply(route, messages.chunk(route, seq, "".join(pending)))
-                pending.clear()
+            due = seq == 0 or pending_tokens >= self.settings.chunk_tokens
+            if pending and (due or loop.time() - flushed_at >= interval):
+                seq = self._flush(route, seq, pending)
                 flushed_at, pending_tokens = loop.time(), 0
-            if chunk.finish_reason is not None:
-                reason = "expired" if entry.expired else chunk.finish_reason.value
-                payload = messages.final(
-                    route,
-                    "".join(parts),
-                    reason,
-                    chunk,
-                    routed.backend,
-                    routed.provider,
-                    routed.reason,
-                )
-                payload["gateway"] = self.settings.device_id
-                await self._finish(key, route, payload)
+        if pending:
+            seq = self._flush(route, seq, pending)
+        reply = reader.result()
+        reason = "expired" if entry.expired else reply.finish_reason.value
+        final = FinalReply.of(
+            route,
+            reply,
+            reason,
+            backend=routed.backend,
+            provider=routed.provider,
+            route_reason=routed.reason,
+            gateway=self.device_id,
+        )
+        await self._finish(key, route, final)
+
+    def _flush(self, route: ReplyRoute, seq: int, pending: list[str]) -> int:
+        """Publish the pending text as the next chunk; returns its sequence number."""
+        seq += 1
+        self._reply(route, ChunkReply(id=route.request_id, seq=seq, delta="".join(pending)))
+        pending.clear()
+        return seq
 
     def _expire(self, key: str) -> None:
         """Message Expiry: a request still waiting for its first token is dropped."""
         entry = self._inflight.get(key)
         if entry is not None and not entry.started:
             entry.expired = True
-            self.router.cancel(key)
+            self.gateway.cancel(key)
 
-    async def _finish(self, key: str, route: ReplyRoute, payload: dict) -> None:
+    async def _finish(self, key: str, route: ReplyRoute, reply: WireModel) -> None:
         """Spool the final, then publish it and acknowledge the request (and any
         redelivery of it that arrived meanwhile, which the in-flight entry collects)."""
+        payload = reply.wire()
         now = time.time()
-        expires = now + self.settings.mqtt_dedupe_ttl_s
+        expires = now + self.settings.dedupe_ttl_s
         # On disk before it is published: a crash between the two is answered from here.
-        await self.spool.save({"key": key, "expires": expires, "route": _route_json(route),
-                               "payload": payload})  # fmt: skip
+        await self.spool.save(_entry(key, expires, route, payload))
         self._finals[key] = (expires, route, payload)
         entry = self._inflight.pop(key, None)
         for timer in entry.timers if entry else ():
             timer.cancel()
-        self._reply(route, payload, entry.acks if entry else [])
+        self._publish(route, payload, entry.acks if entry else [])
         while self._finals and next(iter(self._finals.values()))[0] < now:
             self._finals.popitem(last=False)
         if self.spool.compaction_due(len(self._finals)):
-            await self.spool.rewrite(
-                [{"key": k, "expires": e, "route": _route_json(r), "payload": p}
-                 for k, (e, r, p) in self._finals.items()]
-            )  # fmt: skip
+            live = [_entry(k, e, r, p) for k, (e, r, p) in self._finals.items()]
+            await self.spool.rewrite(live)
 
-    def _replay(self, key: str, inbound: tuple[int, int]) -> bool:
+    def _replay(self, key: str, inbound: Ack) -> bool:
         """A redelivered request: answered by the running one, or by its cached final."""
         entry = self._inflight.get(key)
         if entry is not None:
@@ -305,16 +349,20 @@ class MqttBridge:
             return True
         cached = self._finals.get(key)
         if cached is not None and cached[0] > time.time():
-            self._reply(cached[1], cached[2], [inbound])
+            self._publish(cached[1], cached[2], [inbound])
             return True
         return False
 
-    def _reply(self, route: ReplyRoute, payload: dict, acks: list[tuple[int, int]] = ()) -> None:
-        self.connection.publish(
-            route.topic, payload, correlation=route.correlation, ack_after=list(acks)
+    def _reply(self, route: ReplyRoute, reply: WireModel, acks: list[Ack] | None = None) -> None:
+        self._publish(route, reply.wire(), acks or [])
+
+    def _publish(self, route: ReplyRoute, payload: Payload, acks: list[Ack]) -> None:
+        self._connection().publish(
+            route.topic, payload, correlation=route.correlation, ack_after=acks
         )
 
 
-def _route_json(route: ReplyRoute) -> dict[str, str | None]:
+def _entry(key: str, expires: float, route: ReplyRoute, payload: Payload) -> Entry:
     correlation = route.correlation.hex() if route.correlation is not None else None
-    return {"topic": route.topic, "correlation": correlation, "request_id": route.request_id}
+    spooled = {"topic": route.topic, "correlation": correlation, "request_id": route.request_id}
+    return {"key": key, "expires": expires, "route": spooled, "payload": payload}

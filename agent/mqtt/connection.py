@@ -10,12 +10,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +80,7 @@ class Connection:
         v5: bool,
         keepalive_s: int,
         session_expiry_s: int,
-        will: tuple[str, dict],
+        will: tuple[str, dict[str, Any]],
         on_connect: Callable[[], None],
         on_message: Callable[[Received], None],
         loop: asyncio.AbstractEventLoop,
@@ -95,7 +102,7 @@ class Connection:
         self._published: dict[int, bool] = {}  # recent PUBACKs nobody waited for (bounded)
         self._lock = threading.Lock()
         client = paho.Client(
-            callback_api_version=paho.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
@@ -125,7 +132,7 @@ class Connection:
     def start(self) -> None:
         properties = None
         if self.v5:
-            properties = Properties(PacketTypes.CONNECT)
+            properties = _new_properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self._session_expiry_s
         self._client.connect_async(
             self._address.host,
@@ -146,7 +153,7 @@ class Connection:
     def publish(
         self,
         topic: str,
-        payload: dict,
+        payload: dict[str, Any],
         *,
         qos: int = 1,
         retain: bool = False,
@@ -176,7 +183,7 @@ class Connection:
     def _props(self, correlation: bytes | None = None) -> Properties | None:
         if not self.v5:
             return None
-        properties = Properties(PacketTypes.PUBLISH)
+        properties = _new_properties(PacketTypes.PUBLISH)
         properties.ContentType = JSON
         if correlation is not None:
             properties.CorrelationData = correlation
@@ -184,7 +191,14 @@ class Connection:
 
     # ---- paho's network thread --------------------------------------------------------
 
-    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _handle_connect(
+        self,
+        client: Client,
+        userdata: object,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             log.warning("mqtt connect refused", reason=str(reason_code))
             return
@@ -196,15 +210,22 @@ class Connection:
         self.connected.set()
         self._on_connect()
 
-    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _handle_disconnect(
+        self,
+        client: Client,
+        userdata: object,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         log.info("mqtt disconnected", reason=str(reason_code))
         self._loop.call_soon_threadsafe(self.connected.clear)
 
-    def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+    def _handle_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         props = message.properties if self.v5 else None
         received = Received(
             topic=message.topic,
-            payload=message.payload,
+            payload=bytes(message.payload),  # paho decodes it as bytes: no copy
             mid=message.mid,
             qos=message.qos,
             response_topic=getattr(props, "ResponseTopic", None),
@@ -213,10 +234,24 @@ class Connection:
         )
         self._loop.call_soon_threadsafe(self._on_message, received)
 
-    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _handle_subscribe(
+        self,
+        client: Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
         self._loop.call_soon_threadsafe(self.subscribed.set)
 
-    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _handle_publish(
+        self,
+        client: Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
         with self._lock:
             inbound = self._acks_after.pop(mid, None)
             if inbound is None:
@@ -231,7 +266,13 @@ class Connection:
             self.ack(mid, qos)
 
 
-def _no_delay(client: paho.Client, userdata: object, sock: socket.socket) -> None:
+def _new_properties(packet_type: int) -> Properties:
+    """MQTT 5 properties for one packet type, typed (paho leaves the constructor bare)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho: __init__ unannotated
+
+
+def _no_delay(client: Client, userdata: object, sock: SocketLike) -> None:
     """Small replies must not wait for Nagle + delayed ACK (~40 ms per message)."""
-    if hasattr(sock, "setsockopt") and sock.family in (socket.AF_INET, socket.AF_INET6):
+    # A TLS socket is a socket.socket too; a websocket wrapper is not (and has no options).
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import structlog
 
-from agent.engine.cloud import CloudBackend, CloudEndpoint
+from agent.engine.backend import Stream
+from agent.engine.cloud import CloudBackend
 from agent.engine.types import ChatRequest, Chunk, FinishReason, server_busy
 from agent.routing.breaker import Breaker
+from agent.settings import RoutingSettings
 
 log = structlog.get_logger(__name__)
 
 
 class CloudPool:
-    def __init__(
-        self,
-        endpoints: list[CloudEndpoint],
-        *,
-        failures: int,
-        cooldown_s: float,
-        probe_interval_s: float,
-        retry_after_s: int,
-    ) -> None:
-        self.members = [(CloudBackend(e), Breaker(failures, cooldown_s)) for e in endpoints]
-        self.probe_interval_s = probe_interval_s
+    """The cloud as one backend: each request goes to the first endpoint that answers."""
+
+    name = "cloud"
+    provider = "cloud"
+
+    def __init__(self, settings: RoutingSettings, retry_after_s: int) -> None:
+        self.members = [
+            (CloudBackend(e), Breaker(settings.breaker_failures, settings.breaker_cooldown_s))
+            for e in settings.endpoints
+        ]
+        self.probe_interval_s = settings.probe_interval_s
         self.retry_after_s = retry_after_s
-        self._probing: asyncio.Task | None = None
+        self._probing: asyncio.Task[None] | None = None
 
     @property
     def configured(self) -> bool:
@@ -47,7 +49,7 @@ class CloudPool:
         if self._probing is not None:
             self._probing.cancel()
 
-    async def submit(self, request: ChatRequest) -> tuple[str, AsyncIterator[Chunk]]:
+    async def submit(self, request: ChatRequest) -> Stream:
         """The first endpoint, in priority order, that produces a first token in time.
         Retrying elsewhere is only possible before anything was sent to the client."""
         errors = []
@@ -67,15 +69,17 @@ class CloudPool:
                 await stream.aclose()
                 continue
             breaker.success()
-            return backend.name, self._rest(first, stream, breaker, backend.name)
+            return Stream(
+                backend.name, self.provider, self._rest(first, stream, breaker, backend.name)
+            )
         detail = "; ".join(errors) or "every endpoint's breaker is open"
         raise server_busy(
             f"No cloud endpoint could take the request ({detail})", self.retry_after_s
         )
 
     async def _rest(
-        self, first: Chunk, stream: AsyncIterator[Chunk], breaker: Breaker, name: str
-    ) -> AsyncIterator[Chunk]:
+        self, first: Chunk, stream: AsyncGenerator[Chunk, None], breaker: Breaker, name: str
+    ) -> AsyncGenerator[Chunk, None]:
         yield first
         if first.finish_reason is not None:
             return

@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import psutil
 
-from agent.engine.local import LocalEngine
+from agent.engine.backend import Load
 from agent.hardware import cgroup, power
-from agent.hardware.profile import available_memory_bytes
+from agent.hardware.inventory import available_memory_bytes
+from agent.settings import GovernorSettings
 
 MIB = 1024 * 1024
 
@@ -47,30 +49,21 @@ class Signal:
             self.short = value < self.enter if not self.short else value < self.leave
 
 
-@dataclass(frozen=True)
-class GovernorLimits:
-    memory_reserve_mb: float = 256  # short below this much available memory...
-    memory_resume_mb: float = 512  # ...until this much is available again
-    cpu_enter_percent: float = 95
-    cpu_leave_percent: float = 80
-    temperature_enter_c: float = 85
-    temperature_leave_c: float = 80
-    battery_enter_percent: float = 15
-    battery_leave_percent: float = 25
-    latency_budget_s: float = 30
-    interval_s: float = 1.0
+class SignalState(TypedDict):
+    value: float | None
+    short: bool
 
 
 class ResourceGovernor:
     def __init__(
         self,
-        limits: GovernorLimits,
-        engine: LocalEngine,
-        root: Path = Path("/"),
+        limits: GovernorSettings,
+        local_load: Callable[[], Load],
         clock: Callable[[], float] = time.monotonic,
     ):
         self.limits = limits
-        self.engine = engine
+        self.local_load = local_load  # the local backend's queue, read when estimating
+        root = limits.hardware_root
         self.root = root
         self.clock = clock  # wall time between cgroup CPU samples
         self._live = Path(root) == Path("/")  # this process is in the cgroup read
@@ -89,7 +82,7 @@ class ResourceGovernor:
         self._process = psutil.Process()
         self._cpus = psutil.cpu_count() or 1
         self._cgroup_sample: tuple[float, float] | None = None  # (when, others' CPU seconds)
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def signals(self) -> tuple[Signal, ...]:
@@ -115,8 +108,8 @@ class ResourceGovernor:
         temps = [z.celsius for z in power.thermal_zones(self.root) if z.celsius is not None]
         self.heat.update(max(temps) if temps else None)
         battery = power.battery(self.root)
-        on_battery = battery is not None and battery.on_ac is False
-        self.battery.update(battery.percent if on_battery else None)
+        on_battery = battery if battery is not None and battery.on_ac is False else None
+        self.battery.update(on_battery.percent if on_battery is not None else None)
 
     def _cpu_percent(self, quota: float | None) -> float | None:
         """CPU taken by everything but this daemon: our own inference load is judged by the
@@ -124,7 +117,7 @@ class ResourceGovernor:
         CPU quota that is the cgroup's use (cpu.stat) against the quota, whatever the host's
         other cores do; without one, the host's CPUs are what the daemon competes for."""
         usage_usec = None if quota is None else cgroup.cpu_usage_usec(self.root)
-        if usage_usec is None:
+        if quota is None or usage_usec is None:
             self._cgroup_sample = None
             return self._host_cpu_percent()
         own_s = sum(self._process.cpu_times()[:2]) if self._live else 0.0
@@ -141,9 +134,10 @@ class ResourceGovernor:
 
     def estimated_wait_s(self) -> float:
         """Static batches: a new request waits for the running batch and those queued."""
-        if self.service_time_s is None or self.engine.running == 0:
+        load = self.local_load()
+        if self.service_time_s is None or load.running == 0:
             return 0.0
-        batches_ahead = 1 + math.floor(self.engine.queue_depth / self.engine.limits.max_batch)
+        batches_ahead = 1 + math.floor(load.queued / load.batch_slots)
         return batches_ahead * self.service_time_s
 
     def observe(self, total_s: float) -> None:
@@ -160,7 +154,7 @@ class ResourceGovernor:
             reasons.append("memory")
         return reasons
 
-    def state(self) -> dict[str, dict]:
+    def state(self) -> dict[str, SignalState]:
         return {
             s.name: {"value": None if s.value is None else round(s.value, 2), "short": s.short}
             for s in self.signals

@@ -1,8 +1,8 @@
 """The watchdog loop: ping systemd only while the engine makes progress.
 
-A wedged engine thread (a hung execution provider, a deadlock) stops the pings, and
-systemd restarts the daemon after WatchdogSec. Busy-and-not-stepping for longer than
-`stall_s` counts as wedged; a long prefill is one step, so `stall_s` must exceed the
+A wedged engine thread (a hung execution provider, a deadlock) or a dead one stops the
+pings, and systemd restarts the daemon after WatchdogSec. Busy-and-not-stepping for longer
+than `stall_s` counts as wedged; a long prefill is one step, so `stall_s` must exceed the
 slowest prefill the gateway serves.
 """
 
@@ -53,7 +53,8 @@ async def ping_while_healthy(
             notifier.send("WATCHDOG=1", f"STATUS={describe()}")
             reported = False
         elif not reported:
-            log.error("engine stalled: watchdog pings stopped", stall_s=watch.stall_s)
-            notifier.status("engine stalled; waiting for the watchdog")
+            problem = "stalled" if watch.alive() else "thread died"
+            log.error(f"engine {problem}: watchdog pings stopped", stall_s=watch.stall_s)
+            notifier.status(f"engine {problem}; waiting for the watchdog")
             reported = True
         await asyncio.sleep(interval)

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import paho.mqtt.client as paho
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.mqtt.connection import BrokerAddress
 
@@ -46,7 +49,7 @@ class FleetView:
     def row(self, device_id: str) -> GatewayRow:
         return self.rows.setdefault(device_id, GatewayRow(device_id))
 
-    def on_status(self, device_id: str, status: dict, now: float) -> GatewayRow:
+    def on_status(self, device_id: str, status: dict[str, Any], now: float) -> GatewayRow:
         row = self.row(device_id)
         row.state = status.get("state", "unknown")
         row.model = status.get("model", row.model)
@@ -54,7 +57,7 @@ class FleetView:
         row.last_seen = now
         return row
 
-    def on_telemetry(self, device_id: str, document: dict, now: float) -> GatewayRow:
+    def on_telemetry(self, device_id: str, document: dict[str, Any], now: float) -> GatewayRow:
         row = self.row(device_id)
         figures = document.get("metrics", {})
         requests = sum(figures.get("requests_total", {}).values())
@@ -122,17 +125,25 @@ def _subscribe(
     view: FleetView,
     lock: threading.Lock,
     on_row: Callable[[GatewayRow], None],
-) -> paho.Client:
+) -> Client:
     """A started client feeding every gateway's status and telemetry into `view`."""
     address = BrokerAddress.parse(url)
 
-    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+    def on_connect(
+        client: Client,
+        userdata: object,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         client.subscribe([(f"{prefix}/+/status", 1), (f"{prefix}/+/telemetry", 0)])
 
-    def on_message(client, userdata, message: paho.MQTTMessage) -> None:
+    def on_message(client: Client, userdata: object, message: MQTTMessage) -> None:
         try:
             payload = json.loads(message.payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
+            return
+        if not isinstance(payload, dict):  # junk on a gateway topic must not stop the loop
             return
         device_id, kind = message.topic.removeprefix(prefix + "/").rsplit("/", 1)
         with lock:
@@ -141,7 +152,7 @@ def _subscribe(
             else:
                 on_row(view.on_telemetry(device_id, payload, time.time()))
 
-    client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2)
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2)
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
     if address.tls:

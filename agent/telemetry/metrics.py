@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.engine.types import Chunk
@@ -119,7 +119,7 @@ class _LiveCollector(Collector):
         self.live = live
         self.process = psutil.Process()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         live = self.live
         yield _gauge(
             "edge_agent_queue_depth", "Requests waiting for the local engine", live.queue_depth()
@@ -180,6 +180,7 @@ def snapshot(registry: CollectorRegistry) -> dict[str, object]:
     """Counters as totals and gauges as values, keyed like /metrics (histograms are left to
     the caller's window quantiles)."""
     figures: dict[str, object] = {}
+    labelled: dict[str, dict[str, float]] = {}  # the per-label buckets within `figures`
     for family in registry.collect():
         if family.type not in ("counter", "gauge", "info"):
             continue
@@ -192,8 +193,9 @@ def snapshot(registry: CollectorRegistry) -> dict[str, object]:
             name = sample.name.removeprefix("edge_agent_")
             if sample.labels:
                 key = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                bucket = figures.setdefault(name, {})
-                bucket[key] = sample.value  # type: ignore[index]
+                bucket = labelled.setdefault(name, {})
+                figures.setdefault(name, bucket)
+                bucket[key] = sample.value
             else:
                 figures[name] = sample.value
     return figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from agent.telemetry.metrics import Metrics, snapshot
 
@@ -13,7 +14,7 @@ class TelemetryPublisher:
     def __init__(
         self,
         metrics: Metrics,
-        publish: Callable[[dict], None],
+        publish: Callable[[dict[str, Any]], None],
         interval_s: float,
         device_id: str,
     ) -> None:
@@ -22,7 +23,7 @@ class TelemetryPublisher:
         self.interval_s = interval_s
         self.device_id = device_id
         self.seq = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -31,7 +32,7 @@ class TelemetryPublisher:
         if self._task is not None:
             self._task.cancel()
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         self.seq += 1
         return {
             "ts": time.time(),

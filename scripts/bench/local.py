@@ -31,7 +31,7 @@ from bench_common import REPO, ensure_model, start_broker
 from peer_clients import Daemon, DaemonHttp, WorkerPeer, concurrent_runs
 from peers import Prompts
 
-from agent.hardware.profile import detect
+from agent.hardware.inventory import detect
 
 PROMPT_TOKENS = 128
 

@@ -17,17 +17,19 @@ from pathlib import Path
 
 from bench_common import REPO, ensure_model
 
-from agent.engine.local import EngineLimits, LoadPlan, LocalEngine
+from agent.engine.loading import LoadPlan
+from agent.engine.local import LocalEngine
+from agent.engine.select import select
 from agent.engine.types import ChatRequest, SamplingParams
-from agent.hardware.profile import detect
+from agent.hardware.inventory import detect
 from agent.hardware.providers import Installed
-from agent.hardware.select import select
+from agent.settings import EngineSettings
 
 PROMPT = " ".join(f"sensor {i} reports {i * 7 % 100} degrees." for i in range(40))
 
 
 async def measure(plan: LoadPlan, threads: int, tokens: int) -> tuple[float, float]:
-    engine = LocalEngine([plan], EngineLimits(max_context=1024, max_batch=1), threads=threads)
+    engine = LocalEngine([plan], EngineSettings(max_context=1024, max_batch=1), threads=threads)
     await engine.start()
     try:
         ids = engine.tokenize(PROMPT)[:128]
@@ -37,7 +39,7 @@ async def measure(plan: LoadPlan, threads: int, tokens: int) -> tuple[float, flo
             sampling=SamplingParams(max_tokens=tokens, temperature=0),
         )
         final = None
-        async for chunk in await engine.submit(request):
+        async for chunk in (await engine.submit(request)).chunks:
             final = chunk
         return final.timings.time_to_first_token_s, final.timings.decode_tokens_per_s
     finally:
