@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _setting_flags(parser: argparse.ArgumentParser) -> None:
-    """A flag per setting, declared once in agent/settings.py: `--FLAT-NAME`. Values pass
+    """A flag per setting, declared once in agent/settings/sections.py: `--FLAT-NAME`. Values pass
     to the settings as written, so a bad one is refused with the setting's own rule.
     Lists and tables (API keys, profiles, ...) are set in the environment or TOML file."""
     for flat, info in setting_fields().items():
@@ -285,9 +285,9 @@ def _fleet(args: argparse.Namespace) -> int:
 def _profiles(args: argparse.Namespace) -> int:
     """Work on the state directory's profiles; a running daemon picks changes up."""
     from agent.engine.types import EngineError
-    from agent.models import modelfile
     from agent.models.info import resolve_model
     from agent.models.profiles import ModelNames
+    from agent.protocol import modelfile
     from agent.state.profiles import ProfileStore
 
     try:

@@ -23,8 +23,8 @@ from agent.models.profiles import ModelNames
 from agent.mqtt.bridge import MqttBridge
 from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import ResourceGovernor
-from agent.routing.port import Readiness, ServedModel
-from agent.routing.router import Routed, Router
+from agent.routing.port import Readiness, Routed, ServedModel
+from agent.routing.router import Router
 from agent.security.rate_limit import RateLimiter
 from agent.settings import Settings
 from agent.state.profiles import ProfileStore
@@ -44,7 +44,7 @@ class Service:
         self.started_at = time.time()
         self.hardware: HardwareInventory = detect()
         self.profile_store = ProfileStore(settings.state_dir)  # one, for every model served
-        engine = self._build_engine(settings.model_dir)
+        engine = self._engine = self._build_engine(settings.model_dir)
         self.cloud = CloudPool(settings.routing, settings.engine.retry_after_s)
         self.governor = ResourceGovernor(settings.governor, lambda: self.router.local.load())
         self.metrics = Metrics()
@@ -93,7 +93,7 @@ class Service:
     @property
     def engine(self) -> LocalEngine:
         """The local engine serving now (a model switch replaces it)."""
-        return self.router.local
+        return self._engine
 
     @property
     def info(self) -> ModelInfo:
@@ -173,6 +173,7 @@ class Service:
         log.info("model switch", model=str(model.resolve()))
         new = self._build_engine(model)
         await new.start()
+        self._engine = new
         retiring = self.router.swap_local(new, self._names(new.info))
         self._served = None
         self._publish_model()

@@ -126,6 +126,33 @@ def test_no_file_is_over_the_size_limit() -> None:
     assert long == {}
 
 
+def test_wire_modules_import_no_web_or_mqtt_framework() -> None:
+    """agent/protocol is pure pydantic: the routes, the bridge and the cloud backends share
+    it, so it must not pull in FastAPI, Starlette or paho."""
+    framework = ("fastapi", "starlette", "paho", "uvicorn")
+    found = {}
+    for path in (AGENT / "protocol").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            bad = [n for n in names if n.split(".")[0] in framework]
+            if bad:
+                found[path.name] = bad
+    assert found == {}
+
+
+def test_interfaces_reach_the_daemon_only_through_the_port() -> None:
+    """Routes and the bridge import no engine, model or service internals."""
+    internals = ("agent.service", "agent.engine.local", "agent.routing.router", "agent.models")
+    reaching = {
+        source: sorted(t for t in targets if t.startswith(internals))
+        for source, targets in graph().items()
+        if source.startswith(("agent.api", "agent.mqtt"))
+    }
+    assert {s: t for s, t in reaching.items() if t} == {}
+
+
 @pytest.mark.parametrize(
     "edges",
     [{"a": {"b"}, "b": {"a"}}, {"a": {"b"}, "b": {"c"}, "c": {"a"}}],

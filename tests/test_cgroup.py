@@ -1,4 +1,4 @@
-"""The governor and the hardware profile follow the cgroup: CPU use against the quota
+"""The governor and the hardware inventory follow the cgroup: CPU use against the quota
 (cpu.max, cpu.stat), memory against memory.high, and the working set without reclaimable
 page cache. Recorded trees under tests/fixtures/boards drive them; a tree copied into
 tmp_path has its cpu.stat rewritten between two samples, taken at explicit clock times."""

@@ -92,8 +92,13 @@ def test_blank_keys_do_not_open_the_door(tmp_path: Path, blank: str) -> None:
     """`[""]`, or a key file of comments and blank lines, is no key: start-up fails."""
     key_file = tmp_path / "keys"
     key_file.write_text("# keys, one per line\n\n   \n")
-    env = {**os.environ, "EDGE_AGENT_API_KEYS": '["", "  "]'}
-    flags = ["--api-key-file", str(key_file)] if blank == "key_file" else []
+    # Each on its own: blank keys alone, or a key file of comments and blanks alone.
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_API_KEYS"}
+    flags: list[str] = []
+    if blank == "keys":
+        env["EDGE_AGENT_API_KEYS"] = '["", "  "]'
+    else:
+        flags = ["--api-key-file", str(key_file)]
     refused = subprocess.run(
         [sys.executable, "-m", "agent", "serve", "--http-host", "0.0.0.0", "--http-port", "0",
          *flags],

@@ -36,6 +36,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.ENGINE_FAILED: 503,
 }
 _BY_STATUS = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+_ROUTING = {
+    ErrorCode.NOT_FOUND: "no such route",
+    ErrorCode.METHOD_NOT_ALLOWED: "method not allowed",
+}
 
 
 def _error_type(status: int) -> str:
@@ -90,4 +94,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = _BY_STATUS.get(exc.status_code, ErrorCode.INVALID_REQUEST)
-        return error_response(request, EngineError(code, str(exc.detail)))
+        message = str(exc.detail)
+        if code in _ROUTING:  # only the router raises these: say which route the client tried
+            message = f"{request.method} {request.url.path}: {_ROUTING[code]}"
+        return error_response(request, EngineError(code, message))

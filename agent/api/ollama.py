@@ -16,7 +16,7 @@ from agent.api.deps import GatewayDep
 from agent.api.streaming import NDJSON_OR_JSON, collect, headers, ndjson, routed_request
 from agent.engine.reply import ReplyReader
 from agent.engine.types import EngineError, ErrorCode, ToolCall
-from agent.models import modelfile
+from agent.protocol import modelfile
 from agent.protocol.ollama import (
     ChatBody,
     ChatResponse,
@@ -36,7 +36,7 @@ from agent.protocol.ollama import (
     StatusLine,
     VersionResponse,
 )
-from agent.routing.router import Routed
+from agent.routing.port import Routed
 
 router = APIRouter()
 log = structlog.get_logger(__name__)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from agent.api.deps import GatewayDep
 from agent.api.streaming import SSE_OR_JSON, collect, headers, routed_request, sse
 from agent.engine.reply import ReplyReader
+from agent.engine.types import ErrorCode
 from agent.protocol.openai import (
     AssistantMessage,
     ChatChoice,
@@ -23,13 +24,15 @@ from agent.protocol.openai import (
     CompletionChoice,
     CompletionRequest,
     Delta,
+    ErrorDetail,
+    ErrorResponse,
     ModelCard,
     ModelList,
     StreamedToolCall,
     UsageOut,
     tool_calls_out,
 )
-from agent.routing.router import Routed
+from agent.routing.port import Routed
 
 router = APIRouter(prefix="/v1")
 
@@ -109,9 +112,10 @@ async def _chat_events(
     for index, call in enumerate(tool_calls_out(done.tool_calls)):
         yield event(Delta(tool_calls=[StreamedToolCall(index=index, **call.model_dump())]))
     if done.error:
-        yield sse(
-            {"error": {"message": done.error, "type": "server_error", "code": "engine_error"}}
+        detail = ErrorDetail(
+            message=done.error, type="server_error", param=None, code=ErrorCode.ENGINE_ERROR
         )
+        yield sse(ErrorResponse(error=detail).wire())
     yield event(Delta(), done.finish_reason.value)
     if include_usage:
         usage = ChatCompletionChunk(

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.api.deps import GatewayDep
-from agent.protocol.legacy import Health
+from agent.protocol.legacy import Health, Ready
 
 router = APIRouter()
 
@@ -25,16 +25,14 @@ async def health(gateway: GatewayDep) -> JSONResponse:
     return JSONResponse(body.wire(), status_code=503)
 
 
-@router.get("/ready")
+@router.get("/ready", response_model=Ready, responses={503: {"model": Ready}})
 async def ready(gateway: GatewayDep) -> JSONResponse:
     """200 while new requests are served; 503 while loading, draining, or with a dead
     engine (then with the reason)."""
     readiness = gateway.readiness()
+    body = Ready(status=readiness.state, reason=readiness.reason).wire()
     if readiness.ready:
-        return JSONResponse({"status": "ready"})
-    body: dict[str, str] = {"status": readiness.state}
-    if readiness.reason is not None:
-        body["reason"] = readiness.reason
+        return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 

@@ -12,7 +12,7 @@ from fastapi import Request
 
 from agent.engine.reply import Reply, ReplyReader
 from agent.engine.types import ROUTES, ChatRequest, EngineError, ErrorCode, FinishReason
-from agent.routing.router import Routed
+from agent.routing.port import Routed
 
 
 async def collect(request: Request, routed: Routed) -> Reply:

@@ -41,3 +41,17 @@ class Backend(Protocol):
     async def submit(self, request: ChatRequest) -> Stream:
         """Take the request or refuse it (EngineError) before any chunk."""
         ...
+
+
+class LocalBackend(Backend, Protocol):
+    """The gateway's own engine: cancellable by request id, with a queue to estimate from,
+    and swapped live for another model (drained, then stopped)."""
+
+    def cancel(self, request_id: str) -> bool: ...
+
+    def load(self) -> Load: ...
+
+    @property
+    def idle(self) -> bool: ...
+
+    async def stop(self) -> None: ...

@@ -2,7 +2,7 @@
 through its native API (official `ollama` async client), streaming into the same Chunk
 and Usage types as the local engine.
 
-Each client is imported when a backend of its kind is made: together they cost ~0.5 s of
+Each client is imported when an upstream of its kind is made: together they cost ~0.5 s of
 start-up and ~40 MiB of memory on a gateway that never falls back to the cloud."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from agent.engine.backend import Stream
 from agent.engine.types import (
     ChatRequest,
     Chunk,
@@ -33,49 +34,52 @@ _REASONS = {
 }
 
 
-class CloudBackend:
-    """One endpoint. `stream` raises before the first chunk if the endpoint fails; later
-    failures end the stream with an ERROR chunk (never a silent truncation)."""
+class Upstream:
+    """One cloud endpoint as a backend. The stream raises before its first chunk if the
+    endpoint fails (the pool then tries the next); later failures end it with an ERROR
+    chunk, never a silent truncation."""
+
+    provider = "cloud"
 
     def __init__(self, endpoint: CloudEndpoint) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
-        first, connect = endpoint.first_token_timeout_s, endpoint.connect_timeout_s
-        if endpoint.kind == "openai":
-            import openai
-
-            self._openai = openai.AsyncOpenAI(
-                base_url=endpoint.base_url,
-                api_key=endpoint.key() or "none",
-                timeout=openai.Timeout(first, connect=connect),
-                max_retries=0,
-            )
-        else:
-            import ollama
-
-            headers = {"Authorization": f"Bearer {endpoint.key()}"} if endpoint.key() else None
-            self._ollama = ollama.AsyncClient(
-                host=endpoint.base_url, timeout=httpx.Timeout(first, connect=connect),
-                headers=headers,
-            )  # fmt: skip
 
     async def probe(self) -> None:
         """Raises unless the endpoint answers its model list."""
-        if self.endpoint.kind == "openai":
-            await self._openai.models.list()
-        else:
-            await self._ollama.list()
+        raise NotImplementedError
 
-    def stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
-        if self.endpoint.kind == "openai":
-            return self._stream_openai(request)
-        return self._stream_ollama(request)
+    async def submit(self, request: ChatRequest) -> Stream:
+        return Stream(self.name, self.provider, self._stream(request))
+
+    def _stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
+        raise NotImplementedError
 
     def _model(self, request: ChatRequest) -> str:
         """The endpoint's model, else the one the request names (the router fills it)."""
         return self.endpoint.model or request.model or ""
 
-    async def _stream_openai(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
+
+class OpenAIUpstream(Upstream):
+    """vLLM (or any OpenAI-compatible server) through the official `openai` client."""
+
+    def __init__(self, endpoint: CloudEndpoint) -> None:
+        super().__init__(endpoint)
+        import openai
+
+        self._openai = openai.AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=endpoint.key() or "none",
+            timeout=openai.Timeout(
+                endpoint.first_token_timeout_s, connect=endpoint.connect_timeout_s
+            ),
+            max_retries=0,
+        )
+
+    async def probe(self) -> None:
+        await self._openai.models.list()
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
         sampling = request.sampling
         given: dict[str, Any] = {
             "max_tokens": sampling.max_tokens,
@@ -127,7 +131,27 @@ class CloudBackend:
         )
         yield clock.final(reason, usage, tool_calls=tool_calls)
 
-    async def _stream_ollama(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
+
+class OllamaUpstream(Upstream):
+    """Ollama through the official `ollama` client."""
+
+    def __init__(self, endpoint: CloudEndpoint) -> None:
+        super().__init__(endpoint)
+        import ollama
+
+        key = endpoint.key()
+        self._ollama = ollama.AsyncClient(
+            host=endpoint.base_url,
+            timeout=httpx.Timeout(
+                endpoint.first_token_timeout_s, connect=endpoint.connect_timeout_s
+            ),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
+
+    async def probe(self) -> None:
+        await self._ollama.list()
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Chunk, None]:
         sampling = request.sampling
         given: dict[str, Any] = {
             "num_predict": sampling.max_tokens,
@@ -180,6 +204,10 @@ class CloudBackend:
                     yield clock.final(reason, usage, tool_calls=tuple(tool_calls))
                     return
         yield clock.final(FinishReason.ERROR, None, "the stream ended without `done`")
+
+
+def upstream(endpoint: CloudEndpoint) -> Upstream:
+    return OpenAIUpstream(endpoint) if endpoint.kind == "openai" else OllamaUpstream(endpoint)
 
 
 def _merge_call_piece(call: dict[str, str], piece: Any) -> None:

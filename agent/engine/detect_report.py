@@ -1,4 +1,4 @@
-"""`edge-agent detect`: the hardware profile and the provider ranking, explained."""
+"""`edge-agent detect`: the hardware inventory and the provider ranking, explained."""
 
 from __future__ import annotations
 

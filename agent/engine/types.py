@@ -151,7 +151,7 @@ class Chunk:
 
 class ErrorCode(StrEnum):
     """Why a request was refused or failed; the interfaces map each to an HTTP status and
-    error body (agent/api/errors.py) or an MQTT `rejected` reply (agent/mqtt)."""
+    error body (agent/api/errors.py) or an MQTT `rejected` reply (agent/protocol/mqtt.py)."""
 
     INVALID_REQUEST = "invalid_request"
     INVALID_JSON = "invalid_json"

@@ -23,7 +23,7 @@ from agent.engine.types import (
     ToolChoice,
 )
 from agent.models.info import ModelInfo
-from agent.models.modelfile import Modelfile
+from agent.protocol.modelfile import Modelfile
 from agent.settings import Profile
 from agent.state.profiles import ProfileStore
 

@@ -73,6 +73,7 @@ class MqttBridge:
         self._ready = asyncio.Event()
         self._inflight: dict[str, _InFlight] = {}
         self._finals: OrderedDict[str, tuple[float, ReplyRoute, Payload]] = OrderedDict()
+        self._spooling: dict[str, Entry] = {}  # finals queued for the spool, not yet on disk
         self.spool = FinalsSpool(state_dir / f"mqtt-finals-{device_id}.jsonl")
         for entry in self.spool.load():  # finals given before a crash or restart
             route = ReplyRoute(
@@ -329,7 +330,11 @@ class MqttBridge:
         now = time.time()
         expires = now + self.settings.dedupe_ttl_s
         # On disk before it is published: a crash between the two is answered from here.
-        await self.spool.save(_entry(key, expires, route, payload))
+        spooled = self._spooling[key] = _entry(key, expires, route, payload)
+        try:
+            await self.spool.save(spooled)
+        finally:
+            del self._spooling[key]
         self._finals[key] = (expires, route, payload)
         entry = self._inflight.pop(key, None)
         for timer in entry.timers if entry else ():
@@ -338,8 +343,9 @@ class MqttBridge:
         while self._finals and next(iter(self._finals.values()))[0] < now:
             self._finals.popitem(last=False)
         if self.spool.compaction_due(len(self._finals)):
+            # Finals still queued for the spool are kept: the rewrite runs after their save.
             live = [_entry(k, e, r, p) for k, (e, r, p) in self._finals.items()]
-            await self.spool.rewrite(live)
+            await self.spool.rewrite([*live, *self._spooling.values()])
 
     def _replay(self, key: str, inbound: Ack) -> bool:
         """A redelivered request: answered by the running one, or by its cached final."""

@@ -1,5 +1,5 @@
 """Field definitions shared by every wire model that carries sampling settings, so a range
-is declared once (OpenAI, Ollama, the old engine's /reasoning, sampling presets)."""
+is declared once (OpenAI, Ollama, the old engine's /reasoning, profiles)."""
 
 from __future__ import annotations
 

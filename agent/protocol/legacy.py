@@ -56,3 +56,10 @@ class Health(WireModel):
     model: str
     capabilities: list[str] = Field(default_factory=lambda: list(CAPABILITIES))
     reason: str | None = omitted_when_none()
+
+
+class Ready(WireModel):
+    """`GET /ready`: `ready`, or why not (`loading`, `draining`, `engine_failed`)."""
+
+    status: str
+    reason: str | None = omitted_when_none()

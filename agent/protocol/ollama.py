@@ -344,7 +344,7 @@ def message_out(message: Message) -> dict[str, Any]:
     entry: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         entry["tool_calls"] = [
-            {"function": {"name": c.name, "arguments": json.loads(c.arguments or "{}")}}
+            {"function": {"name": c.name, "arguments": arguments_object(c.arguments or "{}")}}
             for c in message.tool_calls
         ]
     if message.role == "tool" and message.name:

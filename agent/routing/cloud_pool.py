@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import structlog
 
 from agent.engine.backend import Stream
-from agent.engine.cloud import CloudBackend
+from agent.engine.cloud import upstream
 from agent.engine.types import ChatRequest, Chunk, FinishReason, server_busy
 from agent.routing.breaker import Breaker
 from agent.settings import RoutingSettings
@@ -24,7 +24,7 @@ class CloudPool:
 
     def __init__(self, settings: RoutingSettings, retry_after_s: int) -> None:
         self.members = [
-            (CloudBackend(e), Breaker(settings.breaker_failures, settings.breaker_cooldown_s))
+            (upstream(e), Breaker(settings.breaker_failures, settings.breaker_cooldown_s))
             for e in settings.endpoints
         ]
         self.probe_interval_s = settings.probe_interval_s
@@ -56,7 +56,7 @@ class CloudPool:
         for backend, breaker in self.members:
             if not breaker.allows():
                 continue
-            stream = backend.stream(request)
+            stream = (await backend.submit(request)).chunks
             try:  # the connect timeout is httpx's; this bounds the wait for a first token
                 first = await asyncio.wait_for(
                     anext(stream), timeout=backend.endpoint.first_token_timeout_s

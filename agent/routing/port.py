@@ -6,12 +6,23 @@ it, the FastAPI routes receive it through `Depends`, the bridge through its cons
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from agent.engine.types import ChatRequest
+from agent.engine.types import ChatRequest, Chunk
 from agent.models.profiles import ModelNames
-from agent.routing.router import Routed
+
+
+@dataclass(frozen=True)
+class Routed:
+    """An admitted request: which backend serves it, why, and its stream of chunks."""
+
+    backend: str
+    provider: str
+    reason: str
+    chunks: AsyncGenerator[Chunk, None]
+
 
 ReadinessState = Literal["ready", "loading", "draining", "engine_failed"]
 

@@ -20,8 +20,7 @@ from functools import partial
 
 import structlog
 
-from agent.engine.backend import Stream
-from agent.engine.local import LocalEngine
+from agent.engine.backend import LocalBackend, Stream
 from agent.engine.types import (
     ChatRequest,
     Chunk,
@@ -34,6 +33,7 @@ from agent.log import prompt_fields, prompts_logged
 from agent.models.profiles import ModelNames, apply_profile
 from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import ResourceGovernor
+from agent.routing.port import Routed
 from agent.settings import SecuritySettings
 from agent.telemetry.metrics import Metrics
 
@@ -48,20 +48,10 @@ class _InFlight:
     stop: Callable[[], object] | None = None  # None while no backend holds it yet
 
 
-@dataclass(frozen=True)
-class Routed:
-    """An admitted request: which backend serves it, why, and its stream of chunks."""
-
-    backend: str
-    provider: str
-    reason: str
-    chunks: AsyncGenerator[Chunk, None]
-
-
 class Router:
     def __init__(
         self,
-        local: LocalEngine,
+        local: LocalBackend,
         names: ModelNames,
         cloud: CloudPool,
         governor: ResourceGovernor,
@@ -119,14 +109,14 @@ class Router:
                 param="max_tokens",
             )
 
-    def swap_local(self, new: LocalEngine, names: ModelNames) -> Coroutine[None, None, None]:
+    def swap_local(self, new: LocalBackend, names: ModelNames) -> Coroutine[None, None, None]:
         """The hot swap of the local model: new requests go to `new` (under `names`) at
         once. Await the result to retire the old one: it finishes what was admitted to it
         (or is still being admitted), then is unloaded."""
         old, self.local, self.names = self.local, new, names
         return self._retire(old)
 
-    async def _retire(self, old: LocalEngine) -> None:
+    async def _retire(self, old: LocalBackend) -> None:
         while not old.idle:
             await asyncio.sleep(0.05)
         await old.stop()
@@ -295,7 +285,7 @@ async def _read_queue(
             yield chunk
             if chunk.finish_reason is not None:
                 return
-            texts += bool(chunk.text)
+            texts += bool(chunk.text)  # streamed pieces: about one token each
         if entry.cancelled:
             yield _cancelled(texts)
         else:  # no final chunk, which the backends send even when they fail

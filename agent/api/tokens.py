@@ -1,0 +1,33 @@
+"""vLLM's /tokenize and /detokenize, on the served model's tokenizer and chat template. The
+handlers are plain functions: FastAPI runs them off the event loop, as tokenizing a long
+prompt takes a while."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from agent.api.deps import GatewayDep
+from agent.models.profiles import apply_profile
+from agent.protocol.tokens import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+
+router = APIRouter()
+
+
+@router.post("/tokenize")
+def tokenize(body: TokenizeRequest, gateway: GatewayDep) -> TokenizeResponse:
+    """Messages count as a chat request with the same model (profile included) counts them."""
+    internal = body.to_internal()
+    internal = apply_profile(internal, gateway.names.resolve(internal.model))
+    ids = gateway.tokenize(gateway.render_prompt(internal), body.add_special_tokens)
+    return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=gateway.max_model_len())
+
+
+@router.post("/detokenize")
+def detokenize(body: DetokenizeRequest, gateway: GatewayDep) -> DetokenizeResponse:
+    gateway.names.resolve(body.model)
+    return DetokenizeResponse(prompt=gateway.detokenize(body.tokens))
