@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ from prometheus_client import generate_latest
 from agent import __version__
 from agent.engine.local import LocalEngine
 from agent.engine.select import select
-from agent.engine.types import ChatRequest
+from agent.engine.types import ChatRequest, EngineError, ErrorCode
+from agent.fleet.commands import run_command
+from agent.fleet.config import RemoteConfig, follow
 from agent.hardware.inventory import HardwareInventory, detect
 from agent.hardware.providers import Installed
 from agent.models.info import ModelInfo
@@ -27,6 +31,7 @@ from agent.routing.port import Readiness, Routed, ServedModel
 from agent.routing.router import Router
 from agent.security.rate_limit import RateLimiter
 from agent.settings import Settings
+from agent.state.conversations import Conversations
 from agent.state.profiles import ProfileStore
 from agent.telemetry.metrics import LiveSource, Metrics, totals_by
 from agent.telemetry.publisher import TelemetryPublisher
@@ -59,9 +64,12 @@ class Service:
         )
         self.mqtt: MqttBridge | None = None
         self.telemetry: TelemetryPublisher | None = None
+        self.rate: RateLimiter | None = None
         if settings.mqtt.url:
             security = settings.security
-            rate = RateLimiter(security.rate_limit_per_minute, security.rate_limit_burst)
+            rate = self.rate = RateLimiter(
+                security.rate_limit_per_minute, security.rate_limit_burst
+            )
             self.mqtt = MqttBridge(
                 settings.mqtt, rate, settings.device_id, settings.state_dir, self
             )
@@ -76,7 +84,7 @@ class Service:
                 queue_depth=lambda: self.engine.queue_depth,
                 running=lambda: self.engine.running,
                 batches=lambda: dict(self.engine.batches),
-                breakers=self.cloud.states,
+                breakers=lambda: self.cloud.states(),  # a fleet config may replace the pool
                 memory_available_bytes=lambda: _mib_to_bytes(self.governor.memory.value),
                 temperature_c=lambda: self.governor.heat.value,
                 battery_percent=lambda: self.governor.battery.value,
@@ -89,6 +97,12 @@ class Service:
         self.draining = False
         self._recheck = asyncio.Event()
         self._served: ServedModel | None = None
+        self._started = False
+        self.config = RemoteConfig(
+            settings, self._config_changed, lambda name: self._names(self.info).resolve(name)
+        )
+        self.config.restore()
+        self.conversations = Conversations(settings.http.max_stored_responses)
 
     @property
     def engine(self) -> LocalEngine:
@@ -192,6 +206,39 @@ class Service:
             }
         )
 
+    # ---- fleet operations ----------------------------------------------------------------
+
+    def _config_changed(self, changed: set[str]) -> None:
+        """Make the components follow the settings a fleet changed (`config/desired`).
+        The telemetry period follows from its next tick."""
+        settings = self.settings
+        follow(settings, self.router, self.governor, self.rate, self.telemetry)
+        self.router.names = self._names(self.info)
+        if "cloud" in changed:
+            retired, retry_after_s = self.cloud, settings.engine.retry_after_s
+            self.cloud = self.router.cloud = CloudPool(settings.routing, retry_after_s)
+            if self._started:
+                self.cloud.start()
+                self._retired = asyncio.ensure_future(retired.stop())
+
+    async def command(
+        self, name: str, arguments: dict[str, Any], progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        return await run_command(self, name, arguments, progress)
+
+    def apply_config(self, desired: dict[str, Any]) -> dict[str, Any]:
+        return self.config.apply(desired)
+
+    def reported_config(self) -> dict[str, Any]:
+        return self.config.reported()
+
+    def resume(self) -> None:
+        """End a drain (`cmd/resume`): serve again, first the MQTT requests held meanwhile."""
+        self.draining = False
+        self.router.draining = False
+        if self.mqtt is not None:
+            self.mqtt.resume()
+
     # ---- the Gateway port --------------------------------------------------------------
 
     @property
@@ -233,6 +280,30 @@ class Service:
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.metrics.registry)
+
+    def render_prompt(self, request: ChatRequest) -> str:
+        return self.engine.render_prompt(self.router.prepare(request))
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [int(t) for t in self.engine.tokenize(text)]
+        if not add_special_tokens:  # what the tokenizer adds to any text (BOS) comes off
+            added = [int(t) for t in self.engine.tokenize("")]
+            ids = ids[len(added) :] if ids[: len(added)] == added else ids
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        config = json.loads((self.info.path / "genai_config.json").read_text())
+        vocabulary = int(config["model"]["vocab_size"])
+        if outside := [t for t in tokens if not 0 <= t < vocabulary]:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                f"Token ids {outside[:8]} are outside the vocabulary (0..{vocabulary - 1})",
+                param="tokens",
+            )
+        return self.engine.detokenize(tokens)
+
+    def max_model_len(self) -> int:
+        return self.engine.max_length
 
     def describe(self) -> dict[str, Any]:
         """What the MQTT status and telemetry say about the model and backends."""
@@ -310,6 +381,7 @@ class Service:
                 log.warning("mqtt not connected yet; serving HTTP, retrying the broker")
         if self.telemetry is not None:
             self.telemetry.start()
+        self._started = True
         log.info(
             "model loaded",
             model=self.info.name,

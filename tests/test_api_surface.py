@@ -89,3 +89,23 @@ def test_tokenize_refusals_are_openai_errors(daemon: Daemon) -> None:
         assert reply.json()["error"]["code"] == code
     bad = httpx.post(f"{daemon.url}/detokenize", json={"tokens": [-1]})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+
+
+def test_ollama_copy_makes_an_alias_that_serves_and_deletes(daemon: Daemon) -> None:
+    client = ollama.Client(host=daemon.url)
+    client.create(model="copy-base", from_="tiny", system="Be brief.")
+    client.copy("copy-base", "copy-alias")
+    names = {m.model for m in client.list().models}
+    assert {"copy-base:latest", "copy-alias:latest"} <= names
+    assert "Be brief." in (client.show("copy-alias").modelfile or "")
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 1}}
+    assert (
+        client.chat(model="copy-alias", **chat).prompt_eval_count
+        == client.chat(model="copy-base", **chat).prompt_eval_count
+    )
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.copy("no-such-model", "copy-other")
+    assert missing.value.status_code == 404 and "no-such-model" in missing.value.error
+    client.delete("copy-alias")
+    client.delete("copy-base")
+    assert not {"copy-base:latest", "copy-alias:latest"} & {m.model for m in client.list().models}

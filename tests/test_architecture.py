@@ -26,6 +26,7 @@ LAYERS = [
     ("agent.routing", "agent.supervision"),
     ("agent.telemetry",),
     ("agent.api", "agent.mqtt", "agent.telemetry.fleet", "agent.telemetry.fleet_chart"),
+    ("agent.fleet",),
     ("agent.service",),
     ("agent.daemon",),
     ("agent.cli", "agent.__main__"),

@@ -1,5 +1,6 @@
 """Ollama-compatible routes: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
-/api/create, /api/delete, /api/version. Streaming is NDJSON and on by default, as in Ollama."""
+/api/create, /api/copy, /api/delete, /api/version. Streaming is NDJSON and on by default,
+as in Ollama."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from agent.protocol import modelfile
 from agent.protocol.ollama import (
     ChatBody,
     ChatResponse,
+    CopyBody,
     CreateBody,
     GenerateBody,
     GenerateResponse,
@@ -210,6 +212,16 @@ async def create(body: CreateBody, gateway: GatewayDep) -> JSONResponse | Stream
         )
     final = StatusLine(status="success", ignored=parsed.ignored)
     return JSONResponse(final.wire())
+
+
+@router.post("/api/copy")
+async def copy(body: CopyBody, gateway: GatewayDep) -> JSONResponse:
+    """A profile FROM the source, with nothing of its own: the same model, system prompt
+    and parameters under the new name."""
+    gateway.names.resolve(body.source)
+    gateway.names.create(body.destination, modelfile.Modelfile(base=body.source))
+    log.info("model copied", source=body.source, destination=body.destination)
+    return JSONResponse({})
 
 
 @router.delete("/api/delete")

@@ -7,7 +7,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agent.api.deps import GatewayDep
-from agent.models.profiles import apply_profile
 from agent.protocol.tokens import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -21,9 +20,7 @@ router = APIRouter()
 @router.post("/tokenize")
 def tokenize(body: TokenizeRequest, gateway: GatewayDep) -> TokenizeResponse:
     """Messages count as a chat request with the same model (profile included) counts them."""
-    internal = body.to_internal()
-    internal = apply_profile(internal, gateway.names.resolve(internal.model))
-    ids = gateway.tokenize(gateway.render_prompt(internal), body.add_special_tokens)
+    ids = gateway.tokenize(gateway.render_prompt(body.to_internal()), body.add_special_tokens)
     return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=gateway.max_model_len())
 
 

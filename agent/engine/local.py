@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime_genai as og
@@ -176,8 +176,10 @@ class LocalEngine:
         return render_prompt(self._model().tokenizer, request, self.info.tool_markup)
 
     def tokenize(self, text: str) -> np.ndarray:
-        ids: np.ndarray = self._model().tokenizer.encode(text)
-        return ids
+        return np.asarray(self._model().tokenizer.encode(text))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return str(self._model().tokenizer.decode(np.array(tokens, dtype=np.int32)))
 
     async def submit(self, request: ChatRequest) -> Stream:
         """Admit the request (refusals raise EngineError here, before any reply starts)

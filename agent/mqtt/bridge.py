@@ -23,6 +23,7 @@ from paho.mqtt.client import MQTTMessageInfo
 from agent import __version__
 from agent.engine.reply import ReplyReader
 from agent.engine.types import EngineError, ErrorCode
+from agent.mqtt.commands import CommandChannel
 from agent.mqtt.connection import BrokerAddress, Connection, Received
 from agent.mqtt.topics import Topics
 from agent.protocol.fields import WireModel
@@ -87,7 +88,11 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connection: Connection | None = None
         self.draining = False
+        self._held: list[Received] = []  # requests received while draining
         self.rate = rate  # per device (reply topic)
+        self.commands = CommandChannel(
+            gateway, self._connection, self.topics, settings, lambda: self._publish_status()
+        )
 
     @property
     def connected(self) -> bool:
@@ -133,6 +138,14 @@ class MqttBridge:
         self.draining = True
         self.set_state("draining")
 
+    def resume(self) -> None:
+        """Take requests again, first those that arrived while draining."""
+        self.draining = False
+        self.set_state("ready")
+        held, self._held = self._held, []
+        for received in held:
+            self._on_message(received)
+
     @property
     def busy(self) -> bool:
         """Requests accepted and not yet answered."""
@@ -152,6 +165,7 @@ class MqttBridge:
             await asyncio.to_thread(info.wait_for_publish, timeout_s)
         for task in list(self._tasks):
             task.cancel()
+        self.commands.stop()
         await asyncio.to_thread(self.connection.stop)
 
     # ---- connection events (asyncio thread) -------------------------------------------
@@ -165,8 +179,10 @@ class MqttBridge:
         topics = [self.topics.request, self.topics.cancel]
         if self.topics.pool_request:
             topics.append(self.topics.pool_request)
+        topics += [self.topics.commands, self.topics.config_desired]
         self._connection().subscribe(topics)
         self._publish_status()
+        self.commands.publish_reported()
 
     def _status(self, state: str) -> Payload:
         return {
@@ -182,6 +198,9 @@ class MqttBridge:
 
     def _on_message(self, received: Received) -> None:
         connection = self._connection()
+        if self.commands.handles(received.topic):  # served while draining: resume must work
+            self.commands.receive(received)
+            return
         if received.topic == self.topics.cancel:
             connection.ack(received.mid, received.qos)
             key = cancel_key(received.payload, received.response_topic, received.correlation)
@@ -193,8 +212,9 @@ class MqttBridge:
         if not self.topics.is_request(received.topic):
             connection.ack(received.mid, received.qos)
             return
-        if self.draining:
-            log.info("mqtt request left on the broker: draining", topic=received.topic)
+        if self.draining:  # unacknowledged: redelivered after a restart, or served on resume
+            log.info("mqtt request held: draining", topic=received.topic)
+            self._held.append(received)
             return
         task = asyncio.ensure_future(self._serve(received))
         self._tasks.add(task)

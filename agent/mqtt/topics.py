@@ -32,6 +32,23 @@ class Topics:
         return f"{self.root}/telemetry"
 
     @property
+    def commands(self) -> str:
+        """The subscription for every fleet command, `.../cmd/{name}`."""
+        return f"{self.root}/cmd/+"
+
+    def is_command(self, topic: str) -> bool:
+        prefix = f"{self.root}/cmd/"
+        return topic.startswith(prefix) and "/" not in topic[len(prefix) :]
+
+    @property
+    def config_desired(self) -> str:
+        return f"{self.root}/config/desired"
+
+    @property
+    def config_reported(self) -> str:
+        return f"{self.root}/config/reported"
+
+    @property
     def pool_request(self) -> str | None:
         """The shared subscription that spreads a pool's requests over its gateways."""
         if self.pool is None:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
 from agent.engine.types import EngineError, ErrorCode
 from agent.protocol.fields import WireModel, omitted_when_none
 from agent.protocol.mqtt import ReplyRoute, Tagged
@@ -98,7 +100,7 @@ class CommandFinal(Tagged):
     command: str
     ok: bool
     error: str | None = omitted_when_none()
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = Field(default_factory=dict)
 
 
 class ReportedConfig(WireModel):

@@ -186,6 +186,15 @@ class NameBody(BaseModel):
         return name
 
 
+class CopyBody(BaseModel):
+    """/api/copy: a new name for a model, alias or profile."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+
+
 class CreateBody(NameBody):
     """/api/create: `modelfile` text (older clients) or `from`/`system`/`parameters`."""
 

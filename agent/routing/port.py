@@ -6,12 +6,13 @@ it, the FastAPI routes receive it through `Depends`, the bridge through its cons
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from agent.engine.types import ChatRequest, Chunk
 from agent.models.profiles import ModelNames
+from agent.state.conversations import Conversations
 
 
 @dataclass(frozen=True)
@@ -84,4 +85,43 @@ class Gateway(Protocol):
 
     def metrics_text(self) -> bytes:
         """The Prometheus exposition."""
+        ...
+
+    def render_prompt(self, request: ChatRequest) -> str:
+        """The text the served model is given for `request` (its model's profile
+        applied): the prompt, or the messages (and tools) through the chat template; an
+        unknown model raises EngineError."""
+        ...
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The served model's token ids for `text`."""
+        ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids; ids outside the vocabulary raise EngineError."""
+        ...
+
+    def max_model_len(self) -> int:
+        """Prompt plus completion tokens one request may take on the served model."""
+        ...
+
+    @property
+    def conversations(self) -> Conversations:
+        """Responses kept for `previous_response_id` (in memory, bounded)."""
+        ...
+
+    async def command(
+        self, name: str, arguments: dict[str, Any], progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """Carry out a fleet command (`cmd/{name}`: drain, resume, reload); its result, or
+        EngineError saying which step failed. `progress` takes interim reports."""
+        ...
+
+    def apply_config(self, desired: dict[str, Any]) -> dict[str, Any]:
+        """`config/desired`: applied live and persisted whole, or refused whole; returns
+        the `config/reported` document either way."""
+        ...
+
+    def reported_config(self) -> dict[str, Any]:
+        """The `config/reported` document: what is in force and what is pinned locally."""
         ...

@@ -132,6 +132,9 @@ class HttpSettings(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    max_stored_responses: int = Field(
+        256, ge=0, description="Responses API replies kept for previous_response_id; 0: none"
+    )
 
 
 class SecuritySettings(Section):

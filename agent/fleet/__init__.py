@@ -1,0 +1,1 @@
+"""Fleet operations the service composes: remote configuration and commands."""
