@@ -29,7 +29,7 @@ LAYERS = [
     ("agent.fleet",),
     ("agent.service",),
     ("agent.daemon",),
-    ("agent.cli", "agent.__main__"),
+    ("agent.cli", "agent.cli_models", "agent.__main__"),
 ]
 
 
