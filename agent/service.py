@@ -4,10 +4,9 @@ stops them in order, and is the Gateway (agent/routing/port.py) the interfaces t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,20 @@ import structlog
 from prometheus_client import generate_latest
 
 from agent import __version__
+from agent.engine.embedder import EmbeddingModel, Embeddings
 from agent.engine.local import LocalEngine
 from agent.engine.select import select
 from agent.engine.types import ChatRequest, EngineError, ErrorCode
 from agent.fleet.commands import run_command
 from agent.fleet.config import RemoteConfig, follow
+from agent.fleet.update import Check, ModelUpdates
 from agent.hardware.inventory import HardwareInventory, detect
 from agent.hardware.providers import Installed
+from agent.models import requested
 from agent.models.info import ModelInfo
 from agent.models.profiles import ModelNames
+from agent.models.pull import PullProgress
+from agent.models.store import ModelStore
 from agent.mqtt.bridge import MqttBridge
 from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import ResourceGovernor
@@ -47,6 +51,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = time.time()
+        self.embedding = EmbeddingModel(settings.models.embedding_model, settings.engine)
         self.hardware: HardwareInventory = detect()
         self.profile_store = ProfileStore(settings.state_dir)  # one, for every model served
         engine = self._engine = self._build_engine(settings.model_dir)
@@ -95,7 +100,10 @@ class Service:
             )
         )
         self.draining = False
+        self.stalled: str | None = None  # set by the daemon's engine watch: why no step
         self._recheck = asyncio.Event()
+        self.model_path = settings.model_dir.resolve()  # the model directory serving now
+        self.updates = ModelUpdates(self, self._memory_for_model, self.mqtt)
         self._served: ServedModel | None = None
         self._started = False
         self.config = RemoteConfig(
@@ -148,31 +156,18 @@ class Service:
             self.mqtt.set_state("degraded")
 
     def _memory_for_model(self) -> int | None:
-        """What a model may take now: available memory (cgroup-aware) minus the reserve."""
+        """Available memory (cgroup-aware) less the reserve and an encoder not loaded yet."""
         available = detect(self.settings.governor.hardware_root).available_memory_bytes
         if available is None:
             return None
-        return available - int(self.settings.governor.memory_reserve_mb * 1024 * 1024)
+        reserve = int(self.settings.governor.memory_reserve_mb * 1024 * 1024)
+        return available - reserve - self.embedding.pending_bytes
 
     # ---- model switches ----------------------------------------------------------------
 
     async def watch_model(self) -> None:
         """Switch models when the model pointer (`models_dir/active`) is swapped."""
-        pointer = self.settings.model_dir
-        loaded = pointer.resolve()
-        interval = self.settings.models.model_watch_interval_s
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck.wait(), interval)
-            self._recheck.clear()
-            target = pointer.resolve()
-            if target == loaded or self.draining:
-                continue
-            try:
-                await self.switch_model(pointer)
-            except Exception as exc:  # a bad model must not take the serving one down
-                log.error("model switch failed; the old model keeps serving", error=str(exc))
-            loaded = target  # switched, or refused: do not retry the same target in a loop
+        await self.updates.watch(self._recheck, lambda: self.draining)
 
     def reload(self) -> None:
         """SIGHUP: look at the model pointer now. Stored profiles are re-read on their own;
@@ -180,14 +175,20 @@ class Service:
         log.info("reload requested: checking the model pointer")
         self._recheck.set()
 
-    async def switch_model(self, model: Path) -> None:
-        """Load `model` next to the serving one, then send new requests to it. Requests
-        already admitted to the old model (or still being admitted) finish there; then it is
-        unloaded."""
+    async def switch_model(self, model: Path, check: Check | None = None) -> None:
+        """Load `model` next to the serving one (and `check` it), then send new requests to
+        it. Requests already admitted to the old model (or still being admitted) finish
+        there; then it is unloaded."""
         log.info("model switch", model=str(model.resolve()))
         new = self._build_engine(model)
         await new.start()
-        self._engine = new
+        try:
+            if check is not None:
+                await check(new)
+        except BaseException:  # the model loaded but failed its check: the old one serves
+            await new.stop()
+            raise
+        self._engine, self.model_path = new, model.resolve()
         retiring = self.router.swap_local(new, self._names(new.info))
         self._served = None
         self._publish_model()
@@ -252,11 +253,14 @@ class Service:
         return self.router.cancel(request_id)
 
     def readiness(self) -> Readiness:
-        """Ready only while the engine's owner thread lives and takes requests; a dead one
-        says why (/ready and /health answer 503, the MQTT status is `degraded`)."""
+        """Ready only while the engine's owner thread lives, steps and takes requests; a dead
+        one says why (/ready and /health answer 503, the MQTT status is `degraded`), a stalled
+        one too (/ready answers 503)."""
         engine = self.engine
         if engine.failure is not None:
             return Readiness("engine_failed", engine.failure)
+        if self.stalled is not None:
+            return Readiness("stalled", self.stalled)
         if self.draining:
             return Readiness("draining")
         return Readiness("ready" if engine.ready and engine.alive else "loading")
@@ -302,8 +306,18 @@ class Service:
             )
         return self.engine.detokenize(tokens)
 
+    async def embed(self, texts: Sequence[str], model: str | None, truncate: bool) -> Embeddings:
+        return await self.embedding.embed(texts, model, truncate)
+
     def max_model_len(self) -> int:
         return self.engine.max_length
+
+    async def pull(self, name: str) -> AsyncIterator[PullProgress]:
+        store = ModelStore(self.settings.models_root)
+        return requested.start_pull(name, self.settings.engine.provider, self.hardware, store)
+
+    def remove_model(self, name: str) -> None:
+        requested.remove(name, self.settings.models_root)
 
     def describe(self) -> dict[str, Any]:
         """What the MQTT status and telemetry say about the model and backends."""
@@ -314,6 +328,7 @@ class Service:
             "model": self.info.name,
             "variant": self.info.variant,
             "variant_path": str(self.info.path),
+            "model_version": self.info.manifest.get("version"),
             "provider": engine.provider,
             "backends": {"local": local, **self.cloud.states()},
         }
@@ -336,6 +351,7 @@ class Service:
                 "load_time_s": round(engine.load_time_s, 3),
                 "names": self.names.listed(),
             },
+            "embedding_model": self.embedding.describe(),
             "provider": engine.provider,
             "provider_attempts": [
                 {"provider": a.provider, "error": a.error} for a in engine.load_attempts
@@ -372,6 +388,7 @@ class Service:
         if self.mqtt is not None:
             await self.mqtt.start()  # status `init` while the model loads
         await self.engine.start()
+        await self.embedding.start()  # after the chat model, whose memory check counted it
         self.governor.start()
         self.cloud.start()
         self._publish_model()

@@ -95,6 +95,14 @@ def test_pull_refuses_when_the_disk_is_too_small(tmp_path) -> None:
     assert not (tmp_path / "state" / "models" / "qwen2.5-0.5b-instruct").exists()
 
 
+def test_pull_of_an_embedding_model_says_how_to_serve_it(tmp_path) -> None:
+    pulled = cli("models", "pull", "all-minilm-l6-v2", "--state-dir", str(tmp_path / "state"))
+    assert pulled.returncode == 1 and "set embedding_model" in pulled.stderr
+    assert not (tmp_path / "state" / "models").exists() or not any(
+        (tmp_path / "state" / "models").rglob("*.onnx*")
+    )
+
+
 def test_activate_switches_the_running_daemon_without_dropping_requests(hub, tmp_path) -> None:
     state = str(tmp_path / "state")
     env = hub_env(hub, tmp_path)

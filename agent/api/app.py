@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agent import __version__
-from agent.api import errors, legacy, ollama, openai, ops, responses, tokens
+from agent.api import embeddings, errors, legacy, ollama, openai, ops, responses, tokens
 from agent.api.guard import Guard
 from agent.api.json_body import JsonBody
 from agent.routing.port import Gateway
@@ -20,7 +20,7 @@ def create_app(gateway: Gateway, security: SecuritySettings) -> FastAPI:
     app = FastAPI(title="edge-agent", version=__version__)
     app.state.gateway = gateway
     errors.install(app)
-    for module in (ops, openai, responses, ollama, legacy, tokens):
+    for module in (ops, openai, responses, ollama, legacy, tokens, embeddings):
         app.include_router(module.router)
     app.add_middleware(JsonBody)
     app.add_middleware(

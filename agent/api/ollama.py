@@ -1,9 +1,10 @@
 """Ollama-compatible routes: /api/chat, /api/generate, /api/tags, /api/ps, /api/show,
-/api/create, /api/copy, /api/delete, /api/version. Streaming is NDJSON and on by default,
-as in Ollama."""
+/api/create, /api/copy, /api/pull, /api/delete, /api/version. Streaming is NDJSON and on by
+default, as in Ollama."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from agent.protocol.ollama import (
     ChatResponse,
     CopyBody,
     CreateBody,
+    ErrorReply,
     GenerateBody,
     GenerateResponse,
     ListResponse,
@@ -32,6 +34,8 @@ from agent.protocol.ollama import (
     NameBody,
     Options,
     ProcessResponse,
+    PullBody,
+    PullLine,
     Reply,
     RunningModel,
     ShowResponse,
@@ -224,7 +228,34 @@ async def copy(body: CopyBody, gateway: GatewayDep) -> JSONResponse:
     return JSONResponse({})
 
 
+@router.post("/api/pull", responses=NDJSON_OR_JSON, response_model=PullLine)
+async def pull(body: PullBody, gateway: GatewayDep) -> JSONResponse | StreamingResponse:
+    """`edge-agent models pull` of a catalog name or Ollama tag, its progress streamed."""
+    progress = await gateway.pull(body.required_name())
+    if not body.stream:
+        async for _ in progress:  # a failure raises: its status and Ollama's error body
+            pass
+        return JSONResponse(PullLine(status="success").wire())
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for line in progress:
+                yield ndjson(PullLine(status=line.status, digest=line.digest, total=line.total,
+                                      completed=line.completed).wire())  # fmt: skip
+        except EngineError as exc:  # the status is sent: Ollama's error line, as it does
+            yield ndjson(ErrorReply(error=exc.message).wire())
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
 @router.delete("/api/delete")
 async def delete(body: NameBody, gateway: GatewayDep) -> JSONResponse:
-    gateway.names.remove(body.required_name())
+    """A stored profile, else a pulled model (as `edge-agent models remove`)."""
+    name = body.required_name()
+    try:
+        gateway.names.remove(name)
+    except EngineError as exc:
+        if exc.code != ErrorCode.MODEL_NOT_FOUND:
+            raise
+        await asyncio.to_thread(gateway.remove_model, name)  # deletes files: off the loop
     return JSONResponse({})

@@ -1,5 +1,6 @@
 """The daemon side of the fleet commands the gateway carries out itself (`cmd/drain`,
-`cmd/resume`, `cmd/reload`); the bridge answers `cmd/rebirth` on its own."""
+`cmd/resume`, `cmd/reload`, `cmd/update_model`, `cmd/rollback`); the bridge answers
+`cmd/rebirth` on its own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Protocol
 
 from agent.engine.types import EngineError, ErrorCode
 from agent.fleet.config import RemoteConfig
+from agent.fleet.update import ModelUpdates
 from agent.routing.port import Readiness
 from agent.settings import Settings
 
@@ -17,6 +19,7 @@ class Operated(Protocol):
 
     settings: Settings
     config: RemoteConfig
+    updates: ModelUpdates
 
     async def drain(self, timeout_s: float) -> bool: ...
 
@@ -46,4 +49,8 @@ async def run_command(
         daemon.config.reload()
         daemon.reload()
         return {"config": daemon.config.status}
+    if name == "update_model":
+        return await daemon.updates.update(arguments, progress)
+    if name == "rollback":
+        return await daemon.updates.rollback()
     raise EngineError(ErrorCode.NOT_FOUND, f"No command {name!r}")

@@ -6,11 +6,16 @@ the commit it resolved to, the token from $HF_TOKEN or a file), or from a local 
 catalog's pinned sha256 where it has one, else against the hub's own LFS hash; a file
 that does not match is deleted and the pull fails. The result is installed with one
 rename into `models_dir/NAME/VERSION/`, with a manifest that `verify` re-checks.
+`progress` takes Ollama's /api/pull lines (agent/models/requested.py runs the daemon's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import shutil
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -22,6 +27,7 @@ from agent.models.store import ModelStore, sha256_of, write_manifest
 
 MIB = 1 << 20
 DISK_MARGIN = 1.05  # room for the hub's temporary files
+PROGRESS_INTERVAL_S = 1.0  # how often the download's bytes on disk are reported
 
 
 class PullError(RuntimeError):
@@ -34,6 +40,19 @@ class ManifestFile(TypedDict):
     path: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One of Ollama's /api/pull lines: a step, or the download's bytes so far."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+Report = Callable[[PullProgress], None]
 
 
 @dataclass(frozen=True)
@@ -51,17 +70,30 @@ def pull(
     *,
     source: Path | None = None,
     token: str | None = None,
+    progress: Report | None = None,
 ) -> Pulled:
+    if entry.manifest.get("kind") == "embedding":  # refused before anything is downloaded
+        raise PullError(
+            f"{entry.name} is a sentence-embedding model, and pull installs chat models so "
+            f"far: put {entry.manifest.get('hf_id', entry.name)}'s tokenizer.json, modules.json, "
+            "1_Pooling/ and onnx/model.onnx in a folder and set embedding_model to it"
+        )
     staging = store.root / ".partial" / f"{entry.name}-{variant.name}"
     staging.mkdir(parents=True, exist_ok=True)  # kept between attempts: downloads resume
     if source is not None:
         folder, version, expected, origin = _from_folder(variant, source, store, staging)
     else:
-        folder, version, expected, origin = _from_hub(entry, variant, store, staging, token)
+        folder, version, expected, origin = _from_hub(
+            entry, variant, store, staging, token, progress
+        )
+    report = progress or (lambda line: None)
+    report(PullProgress("verifying sha256 digest"))
     files = _verify(staging, folder, expected)
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # the hub client's bookkeeping
+    report(PullProgress("writing manifest"))
     write_manifest(staging, _manifest(entry, variant, folder, origin, files))
     path = store.install(staging, entry.name, version)
+    report(PullProgress("success"))
     return Pulled(path, version, len(files), sum(f["size"] for f in files))
 
 
@@ -81,6 +113,7 @@ def _from_hub(
     store: ModelStore,
     staging: Path,
     token: str | None,
+    progress: Report | None = None,
 ) -> tuple[str, str, dict[str, str | None], dict[str, str]]:
     if variant.repo is None:
         raise PullError(
@@ -90,6 +123,8 @@ def _from_hub(
     from huggingface_hub import HfApi, snapshot_download  # imported late: only pulls need it
 
     _check_disk(store, variant.download_mb * MIB)
+    if progress is not None:
+        progress(PullProgress("pulling manifest"))
     api = HfApi(token=token)
     info = api.model_info(variant.repo, revision=variant.revision, files_metadata=True)
     prefix = variant.folder.rstrip("/") + "/"
@@ -100,15 +135,58 @@ def _from_hub(
     expected = {
         s.rfilename: pinned.get(s.rfilename) or (s.lfs.sha256 if s.lfs else None) for s in siblings
     }
-    snapshot_download(
-        variant.repo,
-        revision=info.sha,  # the commit the revision resolved to: every file from one commit
-        allow_patterns=[prefix + "*"],
-        local_dir=staging,
-        token=token,
-    )
+    total = sum(s.size or 0 for s in siblings)
+    with _watching(staging, expected, total, progress):
+        snapshot_download(
+            variant.repo,
+            revision=info.sha,  # the commit the revision resolved to: every file from one commit
+            allow_patterns=[prefix + "*"],
+            local_dir=staging,
+            token=token,
+        )
     origin = {"repo": variant.repo, "revision": variant.revision, "commit": info.sha or ""}
     return variant.folder, (info.sha or "unknown")[:12], expected, origin
+
+
+@contextlib.contextmanager
+def _watching(
+    staging: Path, expected: dict[str, str | None], total: int, progress: Report | None
+) -> Iterator[None]:
+    """Report the bytes under `staging` (finished files and the hub's partial ones) every
+    PROGRESS_INTERVAL_S while the download runs, then the whole once it is done."""
+    if progress is None:
+        yield
+        return
+    listing = "".join(f"{path} {sha}\n" for path, sha in sorted(expected.items()))
+    digest = "sha256:" + hashlib.sha256(listing.encode()).hexdigest()  # names the file set
+    status = f"pulling {digest[7:19]}"
+    done = 0
+
+    def measure() -> None:
+        nonlocal done
+        found = 0
+        for path in staging.rglob("*"):
+            if path.suffix not in (".lock", ".metadata"):
+                with contextlib.suppress(OSError):  # moved from partial to final meanwhile
+                    found += path.stat().st_size if path.is_file() else 0
+        done = max(done, min(found, total))  # never backwards
+        progress(PullProgress(status, digest, total, done))
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(PROGRESS_INTERVAL_S):
+            measure()
+
+    measure()
+    poller = threading.Thread(target=poll, name="pull-progress", daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join()
+    progress(PullProgress(status, digest, total, total))
 
 
 def _from_folder(

@@ -18,7 +18,13 @@ import structlog
 from agent.engine.types import EngineError, ErrorCode
 from agent.mqtt.connection import Connection, Received
 from agent.mqtt.topics import Topics
-from agent.protocol.commands import CommandFinal, ProgressReply, parse_command, parse_document
+from agent.protocol.commands import (
+    CommandFailed,
+    CommandFinal,
+    ProgressReply,
+    parse_command,
+    parse_document,
+)
 from agent.protocol.mqtt import Accepted, Rejected, ReplyRoute
 from agent.routing.port import Gateway
 from agent.settings import MqttSettings
@@ -26,7 +32,7 @@ from agent.settings import MqttSettings
 log = structlog.get_logger(__name__)
 Payload = dict[str, Any]
 Ack = tuple[int, int]
-GATEWAY_COMMANDS = frozenset({"drain", "resume", "reload"})
+GATEWAY_COMMANDS = frozenset({"drain", "resume", "reload", "update_model", "rollback"})
 COMMANDS = GATEWAY_COMMANDS | {"rebirth"}
 PROGRESS_INTERVAL_S = 1.0
 
@@ -129,7 +135,13 @@ class CommandChannel:
                 )
             final = CommandFinal(id=route.request_id, command=name, ok=True, result=result)
         except EngineError as failed:
-            final = CommandFinal(id=route.request_id, command=name, ok=False, error=failed.message)
+            final = CommandFinal(
+                id=route.request_id,
+                command=name,
+                ok=False,
+                error=failed.message,
+                result=failed.result if isinstance(failed, CommandFailed) else {},
+            )
         except asyncio.CancelledError:
             self._running.pop(key, None)  # shutting down: unacked, so redelivered later
             raise

@@ -21,6 +21,15 @@ COMMAND_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 SECRET_FIELDS = frozenset({"token", "hf_token", "password", "api_key", "authorization"})
 
 
+class CommandFailed(EngineError):
+    """A command that failed at a named step; `result` goes into its `final` all the same
+    (what was running before, what was asked)."""
+
+    def __init__(self, step: str, reason: str, result: dict[str, Any]) -> None:
+        super().__init__(ErrorCode.ENGINE_ERROR, f"{step}: {reason}")
+        self.result = {**result, "step": step}
+
+
 @dataclass(frozen=True)
 class ParsedCommand:
     route: ReplyRoute | None  # None: nowhere to answer (dropped, logged)

@@ -207,6 +207,12 @@ class CreateBody(NameBody):
     stream: bool = True
 
 
+class PullBody(NameBody):
+    """/api/pull: a catalog name or Ollama tag (`insecure` has no meaning here)."""
+
+    stream: bool = True
+
+
 # ---- responses --------------------------------------------------------------------------
 
 
@@ -340,6 +346,15 @@ class StatusLine(WireModel):
 
     status: str
     ignored: list[str] | None = omitted_when_none()
+
+
+class PullLine(WireModel):
+    """A progress line of /api/pull: a step, or the download's bytes so far."""
+
+    status: str
+    digest: str | None = omitted_when_none()
+    total: int | None = omitted_when_none()
+    completed: int | None = omitted_when_none()
 
 
 class ErrorReply(WireModel):

@@ -6,12 +6,14 @@ it, the FastAPI routes receive it through `Depends`, the bridge through its cons
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from agent.engine.embedder import Embeddings
 from agent.engine.types import ChatRequest, Chunk
 from agent.models.profiles import ModelNames
+from agent.models.pull import PullProgress
 from agent.state.conversations import Conversations
 
 
@@ -25,7 +27,7 @@ class Routed:
     chunks: AsyncGenerator[Chunk, None]
 
 
-ReadinessState = Literal["ready", "loading", "draining", "engine_failed"]
+ReadinessState = Literal["ready", "loading", "draining", "engine_failed", "stalled"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,11 @@ class Gateway(Protocol):
         """The text of token ids; ids outside the vocabulary raise EngineError."""
         ...
 
+    async def embed(self, texts: Sequence[str], model: str | None, truncate: bool) -> Embeddings:
+        """Embed `texts` with the embedding model (`model` names it); no embedding model,
+        another name, or (without `truncate`) a text too long raise EngineError."""
+        ...
+
     def max_model_len(self) -> int:
         """Prompt plus completion tokens one request may take on the served model."""
         ...
@@ -124,4 +131,13 @@ class Gateway(Protocol):
 
     def reported_config(self) -> dict[str, Any]:
         """The `config/reported` document: what is in force and what is pinned locally."""
+        ...
+
+    async def pull(self, name: str) -> AsyncIterator[PullProgress]:
+        """`models pull` of a catalog name or Ollama tag, run off the event loop: its
+        progress lines, then `success`; an unknown name raises EngineError before any."""
+        ...
+
+    def remove_model(self, name: str) -> None:
+        """`models remove` of a pulled model; unknown or active ones raise EngineError."""
         ...

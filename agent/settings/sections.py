@@ -205,6 +205,22 @@ class ModelsSettings(Section):
     default_model: str | None = Field(
         None, description="requests that name no model: this model, alias or profile"
     )
+    keep_versions: int = Field(
+        2, ge=1, description="versions of a model kept on disk by fleet updates (and rollback)"
+    )
+    embedding_model: Path | None = Field(
+        None, description="a sentence-transformers ONNX folder, served next to the chat model"
+    )
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _encoder_dir(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        onnx = ("model.onnx", "onnx/model.onnx")
+        if not (value / "tokenizer.json").is_file() or not any((value / f).is_file() for f in onnx):
+            raise ValueError("must be a folder with tokenizer.json and model.onnx (or onnx/)")
+        return value.absolute()
 
     @field_validator("model")
     @classmethod
