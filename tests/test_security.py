@@ -172,6 +172,30 @@ def test_concurrent_requests_per_client_are_capped() -> None:
         daemon.stop()
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"input": "Hello", "max_output_tokens": 2}),
+        ("/api/chat", {"model": "tiny", "messages": ASK["messages"], "stream": False,
+                       "options": {"num_predict": 2}}),
+        ("/api/pull", {"model": "no-such-model"}),
+    ],
+)  # fmt: skip
+def test_every_costly_route_shares_the_clients_rate_limit(path: str, body: dict) -> None:
+    """The Responses API, Ollama's routes and pulls draw on the same per-client bucket as
+    chat completions: the third request within the burst is refused whatever the route."""
+    env = {"EDGE_AGENT_RATE_LIMIT_PER_MINUTE": "6", "EDGE_AGENT_RATE_LIMIT_BURST": "2"}
+    daemon = start_daemon(env=env)
+    try:
+        first = httpx.post(f"{daemon.url}/v1/chat/completions", json=ASK, timeout=30)
+        second = httpx.post(f"{daemon.url}{path}", json=body, timeout=30)
+        third = httpx.post(f"{daemon.url}{path}", json=body, timeout=30)
+        assert first.status_code == 200 and second.status_code != 429
+        assert third.status_code == 429 and "Rate limit" in third.text
+    finally:
+        daemon.stop()
+
+
 def test_rate_limit_over_http_and_mqtt(tmp_path: Path) -> None:
     broker = Broker(tmp_path).start()
     env = {"EDGE_AGENT_RATE_LIMIT_PER_MINUTE": "6", "EDGE_AGENT_RATE_LIMIT_BURST": "2",

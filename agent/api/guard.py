@@ -20,8 +20,20 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
+# The routes that cost the gateway compute (or, for /api/pull, a download): limited per client.
 GENERATING = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate", "/reasoning"}
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/pull",
+        "/reasoning",
+    }
 )
 
 

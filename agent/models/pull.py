@@ -88,7 +88,7 @@ def pull(
         )
     report = progress or (lambda line: None)
     report(PullProgress("verifying sha256 digest"))
-    files = _verify(staging, folder, expected)
+    files = _verify(staging, folder, expected, show=progress is None)
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # the hub client's bookkeeping
     report(PullProgress("writing manifest"))
     write_manifest(staging, _manifest(entry, variant, folder, origin, files))
@@ -209,13 +209,16 @@ def _from_folder(
     return folder, version, expected, {"path": str(source.resolve())}
 
 
-def _verify(staging: Path, folder: str, expected: dict[str, str | None]) -> list[ManifestFile]:
-    """Hash every file of the variant; a mismatch deletes the file and stops the pull."""
+def _verify(
+    staging: Path, folder: str, expected: dict[str, str | None], *, show: bool = True
+) -> list[ManifestFile]:
+    """Hash every file of the variant; a mismatch deletes the file and stops the pull.
+    `show`: a progress bar on the terminal (the CLI), not in the daemon's log."""
     paths = sorted(p for p in (staging / folder).rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in paths)
     files: list[ManifestFile] = []
     columns = (TextColumn("verifying"), BarColumn(), DownloadColumn())
-    with Progress(*columns, transient=True) as progress:
+    with Progress(*columns, transient=True, disable=not show) as progress:
         task = progress.add_task("verify", total=total)
         for path in paths:
             relative = path.relative_to(staging).as_posix()

@@ -64,8 +64,8 @@ async def pull_events(
         try:
             pull(entry, variant, store, progress=report)
         finally:
+            _pulling.discard(entry.name)  # before the end is reported: a re-pull may follow
             report(None)
-            _pulling.discard(entry.name)
 
     running = asyncio.ensure_future(asyncio.to_thread(run))
     while (line := await lines.get()) is not None:
