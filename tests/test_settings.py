@@ -121,3 +121,17 @@ def test_every_scalar_setting_has_a_flag() -> None:
         "math",
         "3",
     )
+
+
+def test_settings_know_where_each_value_came_from(tmp_path: Path, monkeypatch) -> None:
+    """Remote configuration may override the config file, not the command line or env."""
+    config = tmp_path / "edge-agent.toml"
+    config.write_text("max_queue = 3\n[governor]\ncpu_enter_percent = 90\n")
+    monkeypatch.setenv("EDGE_AGENT_MAX_BATCH", "2")
+    settings = load_settings(config, http_port=9103)
+    assert settings.sources == {
+        "max_queue": "config file",
+        "cpu_enter_percent": "config file",
+        "max_batch": "environment",
+        "http_port": "command line",
+    }

@@ -3,14 +3,14 @@ live, persisted atomically in `state_dir`, and `config/reported` says what is in
 
 Only the settings a fleet changes remotely are accepted (FLEET_SETTINGS, by their flat
 names). The desired document is the whole wish: a setting it leaves out returns to the
-gateway's own value. Settings the gateway was given locally (command line, environment or
-config file) win; the reported document names them and where they came from.
+gateway's own value. Settings given on the gateway's command line or in its environment win;
+the reported document names them and where they came from. The config file is the
+gateway's own value, which the fleet may override.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -66,7 +66,11 @@ class RemoteConfig:
         self._check_model = check_model
         self.path = settings.state_dir / "fleet-config.json"
         self.baseline = {flat: self._value(flat) for flat in FLEET_SETTINGS}
-        self.pinned = {flat: _source(flat) for flat in FLEET_SETTINGS if self._given(flat)}
+        self.pinned = {
+            flat: source
+            for flat in FLEET_SETTINGS
+            if (source := settings.sources.get(flat)) in ("command line", "environment")
+        }
         self.version: int | str | None = None
         self.status: Literal["applied", "rejected", "default"] = "default"
         self.error: str | None = None
@@ -161,10 +165,6 @@ class RemoteConfig:
         section, name = FLAT[flat]
         return getattr(getattr(self.settings, section), name)
 
-    def _given(self, flat: str) -> bool:
-        section, name = FLAT[flat]
-        return name in getattr(self.settings, section).model_fields_set
-
 
 def _endpoint(spec: object) -> object:
     """`openai=URL#model` as on the command line, or an object with kind and base_url."""
@@ -174,12 +174,6 @@ def _endpoint(spec: object) -> object:
         except ValueError as exc:
             raise EngineError(ErrorCode.INVALID_REQUEST, f"cloud: {exc}") from None
     return spec
-
-
-def _source(flat: str) -> str:
-    if ENV_PREFIX + flat.upper() in os.environ:
-        return "environment"
-    return "command line or config file"
 
 
 def _shown(value: Any) -> Any:

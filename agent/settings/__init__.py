@@ -14,11 +14,12 @@ import ipaddress
 import json
 import os
 import socket
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -89,6 +90,14 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, running requests get this long"
     )
+
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Where each setting given was given: flat name -> `command line`, `environment`
+        or `config file` (what `load_settings` read; defaults are not listed)."""
+        return self._sources
 
     @model_validator(mode="before")
     @classmethod
@@ -244,9 +253,27 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         model_config = SettingsConfigDict(toml_file=config_file)
 
     try:
-        return _Settings(**flags)
+        settings = _Settings(**flags)
     except ValidationError as exc:
         raise SettingsError([_describe(error) for error in exc.errors()]) from None
+    sources = dict.fromkeys(_toml_names(config_file), "config file")
+    sources.update(dict.fromkeys(FlatEnvSource(Settings)(), "environment"))
+    sources.update(dict.fromkeys(flags, "command line"))
+    settings._sources = sources
+    return settings
+
+
+def _toml_names(config_file: Path | None) -> list[str]:
+    """The flat names a TOML file sets, at the top or in `[section]` tables."""
+    if config_file is None:
+        return []
+    names: list[str] = []
+    for key, value in tomllib.loads(config_file.read_text()).items():
+        if key in SECTIONS and isinstance(value, dict):
+            names += [SECTIONS[key].flat_names().get(str(k)) or str(k) for k in value]
+        else:
+            names.append(key)
+    return names
 
 
 def flat_name(loc: tuple[int | str, ...]) -> str:
