@@ -15,7 +15,7 @@ from agent.api.app import create_app
 from agent.service import Service
 from agent.settings import Settings
 from agent.supervision.notify import Notifier
-from agent.supervision.watchdog import EngineWatch, ping_while_healthy
+from agent.supervision.watchdog import EngineWatch, watch_engine
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,11 @@ async def run(settings: Settings) -> int:
         alive=lambda: service.engine.alive,
         stall_s=settings.engine.engine_stall_s,
     )
-    watchdog = asyncio.create_task(ping_while_healthy(notifier, watch, service.summary))
+    watchdog = asyncio.create_task(
+        watch_engine(
+            notifier, watch, service.summary, lambda stall: setattr(service, "stalled", stall)
+        )
+    )
     switcher = asyncio.create_task(service.watch_model())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)

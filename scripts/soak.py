@@ -4,6 +4,9 @@ back, memory pressure comes and goes, SIGHUP asks for a reload, and the gateway 
 killed with kill -9 and restarted (same state directory and MQTT session). At the end it counts
 what was sent, answered, rejected (with reasons), cancelled, lost (must be 0) and
 duplicated (must be 0), and the gateway's RSS and file-descriptor growth. One table.
+The MQTT device keeps listening after the last final (until the answer to a sentinel
+request) and counts every answer per request: a second answer fails unless it repeats the
+first after a broker restart or kill -9 (MQTT's at-least-once redelivery).
 
 Usage: python scripts/soak.py [--duration-s 300] [--fault-every-s 4]   (CI: 24 s, every 2.5 s)
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
-import json
 import random
 import signal
 import sys
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.conftest import Daemon, start_daemon  # noqa: E402  (the repo's own fixtures)
-from tests.mqtt_support import Broker, Device, free_port  # noqa: E402
+from tests.mqtt_support import ANSWERS, Broker, Device, free_port  # noqa: E402
 
 ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Status of pump 4?"}]}
 
@@ -42,9 +44,10 @@ class Report:
     cancelled: collections.Counter = field(default_factory=collections.Counter)
     rejected: collections.Counter = field(default_factory=collections.Counter)  # by reason
     lost: list[str] = field(default_factory=list)
-    duplicated: list[str] = field(default_factory=list)  # answered twice, differently
-    redelivered: int = 0  # the same final again (at-least-once; clients dedupe by id)
+    duplicated: list[str] = field(default_factory=list)  # answered twice, unexplained
+    redelivered: int = 0  # the same final again after a restart (at-least-once)
     faults: collections.Counter = field(default_factory=collections.Counter)
+    restarts: list[float] = field(default_factory=list)  # broker stops and kill -9s (monotonic)
     rss_mib: tuple[float, float] = (0.0, 0.0)
     fds: tuple[int, int] = (0, 0)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,7 +65,7 @@ class Report:
             ("rejected, by reason", ", ".join(f"{k} {v}" for k, v in self.rejected.items())
              or "none"),
             ("lost", str(len(self.lost))),
-            ("duplicated (generated twice)", str(len(self.duplicated))),
+            ("duplicated (answered twice)", str(len(self.duplicated))),
             ("finals redelivered unchanged", str(self.redelivered)),
             ("faults", ", ".join(f"{k} {v}" for k, v in self.faults.items())),
             ("gateway RSS MiB (its process warmed up -> end)", f"{self.rss_mib[0]:.0f} -> "
@@ -179,7 +182,7 @@ def _mqtt_traffic(
         if rng.random() < 0.1:
             device.cancel("gw-soak", correlation)
         time.sleep(rng.uniform(0.02, 0.15))
-    replies: dict[str, list[dict]] = collections.defaultdict(list)
+    replies: dict[str, list[tuple[float, dict]]] = collections.defaultdict(list)
     deadline = time.monotonic() + 90
     pending = set(sent)
     while pending and time.monotonic() < deadline:
@@ -187,25 +190,39 @@ def _mqtt_traffic(
         if item is None:
             continue
         key = item[2].decode() if item[2] is not None else item[1].get("id")
-        if item[1].get("type") in ("final", "rejected"):
-            replies[key].append(item[1])
+        replies[key].append((time.monotonic(), item[1]))
+        if item[1].get("type") in ANSWERS:
             pending.discard(key)
-    for correlation in sent:  # duplicates that arrive late still count
+    try:  # the grace period: answers published after the last final still count
+        for _, payload, corr in device.flush("gw-soak"):
+            key = corr.decode() if corr is not None else payload.get("id")
+            replies[key].append((time.monotonic(), payload))
+    except AssertionError as exc:
+        report.lost.append(f"mqtt sentinel: {exc}")
+    for correlation in sent:
         _settle(report, correlation, replies.get(correlation, []))
     return replies
 
 
-def _settle(report: Report, correlation: str, finals: list[dict]) -> None:
-    """MQTT is at-least-once: the same final may arrive again after a broker restart (a
-    device keeps the first). Two *different* finals would mean the request ran twice."""
-    distinct = {json.dumps(f, sort_keys=True) for f in finals}
-    if not finals:
+def _settle(report: Report, correlation: str, replies: list[tuple[float, dict]]) -> None:
+    """Exactly one answer (final or rejected) per request, from every reply and when it
+    arrived. MQTT is at-least-once: after a broker restart or a kill -9 the request or its
+    final is redelivered and the same final arrives again (a device keeps the first); that
+    counts as redelivered when a restart fell between the two copies (from a second before
+    the first: a kill -9 leaves a final already on the broker). Anything else is duplicated:
+    a final after `rejected`, two different answers (it ran twice), or an unexplained repeat."""
+    answers = [(at, reply) for at, reply in replies if reply.get("type") in ANSWERS]
+    if not answers:
         report.lost.append(f"mqtt {correlation}: no final")
-    elif len(distinct) > 1:
-        report.duplicated.append(f"mqtt {correlation}: {len(distinct)} different finals")
-    else:
-        report.redelivered += len(finals) - 1
-    final = finals[0] if finals else {}
+    first_at, final = answers[0] if answers else (0.0, {})
+    for at, again in answers[1:]:
+        if again != final:
+            what = "after rejected" if final["type"] == "rejected" else "a different answer"
+            report.duplicated.append(f"mqtt {correlation}: {again['type']} {what}")
+        elif any(first_at - 1.0 <= restart <= at for restart in report.restarts):
+            report.redelivered += 1
+        else:
+            report.duplicated.append(f"mqtt {correlation}: the same final twice, no restart")
     if final.get("type") == "rejected":
         report.count(report.rejected, f"mqtt {final['code']}")
     elif final.get("finish_reason") == "cancelled":
@@ -228,6 +245,7 @@ def _faults(
             return
         report.count(report.faults, fault)
         if fault == "broker":
+            report.restarts.append(time.monotonic())
             broker.stop()
             time.sleep(1.0)
             broker.start()
@@ -241,6 +259,7 @@ def _faults(
         elif fault == "sighup":
             gateway.daemon.process.send_signal(signal.SIGHUP)
         else:
+            report.restarts.append(time.monotonic())
             gateway.kill_and_restart()
 
 

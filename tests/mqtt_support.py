@@ -18,6 +18,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+ANSWERS = ("final", "rejected")  # the one reply that ends a request
+SENTINEL = {"messages": "sentinel"}  # rejected at once by the gateway, without the engine
 
 
 def free_port() -> int:
@@ -176,13 +178,16 @@ class Device:
             self.kept.append(item)
         return None
 
-    def replies(self, correlation: str, until: str = "final", timeout_s: float = 30) -> list[dict]:
-        """Replies for one correlation id, up to the first of type `until` (or rejected)."""
-
+    def _mine(self, correlation: str):
         def mine(topic: str, payload: dict, corr: bytes | None) -> bool:
             key = corr.decode() if corr is not None else payload.get("id")
             return topic == self.reply_topic and key == correlation
 
+        return mine
+
+    def replies(self, correlation: str, until: str = "final", timeout_s: float = 30) -> list[dict]:
+        """Replies for one correlation id, up to the first of type `until` (or rejected)."""
+        mine = self._mine(correlation)
         collected: list[dict] = []
         while True:
             item = self._take(mine, timeout_s)
@@ -191,6 +196,26 @@ class Device:
             collected.append(item[1])
             if item[1].get("type") in (until, "rejected"):
                 return collected
+
+    def flush(self, device_id: str, timeout_s: float = 30) -> list[tuple[str, dict, bytes | None]]:
+        """The grace period after a final, as an event rather than a sleep: every reply not
+        read yet that the gateway published before it answered a sentinel request sent now.
+        It publishes both on this reply topic over one connection and the broker keeps one
+        publisher's order, so a duplicate published before that answer is in the list."""
+        self.replies(self.request(device_id, SENTINEL), timeout_s=timeout_s)
+        late = [item for item in self.kept if item[0] == self.reply_topic]
+        for item in late:
+            self.kept.remove(item)
+        return late
+
+    def settled_replies(
+        self, device_id: str, correlation: str, timeout_s: float = 30
+    ) -> list[dict]:
+        """Every reply for `correlation`: those up to its final (or rejected), then those that
+        arrive within the grace period (`flush`). `exactly_once` judges them."""
+        replies = self.replies(correlation, timeout_s=timeout_s)
+        mine = self._mine(correlation)
+        return replies + [item[1] for item in self.flush(device_id, timeout_s) if mine(*item)]
 
     def status(self, device_id: str, state: str, timeout_s: float = 30) -> dict:
         """The next status message with the given state."""
@@ -203,3 +228,11 @@ class Device:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def exactly_once(replies: list[dict]) -> None:
+    """One request, one answer: exactly one final or rejected, and nothing after it. A
+    duplicate final, or a final after `rejected`, fails."""
+    types = [reply.get("type") for reply in replies]
+    answers = [kind for kind in types if kind in ANSWERS]
+    assert len(answers) == 1 and types[-1] in ANSWERS, f"not exactly one answer: {types}"

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import paho.mqtt.client as paho
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -21,7 +26,7 @@ from schemathesis.checks import (
 )
 
 from tests.conftest import Daemon, start_daemon
-from tests.mqtt_support import Broker, Device
+from tests.mqtt_support import Broker, Device, exactly_once
 
 EXAMPLES = int(os.environ.get("EDGE_AGENT_FUZZ_EXAMPLES", "15"))  # per operation
 
@@ -105,9 +110,8 @@ def mqtt_gateway(tmp_path_factory) -> Iterator[tuple[Broker, Daemon, Device]]:
 def test_every_mqtt_request_gets_exactly_one_answer(mqtt_gateway, payload: bytes) -> None:
     _, _, device = mqtt_gateway
     correlation = device.request("gw-fuzz", payload)
-    replies = device.replies(correlation, timeout_s=30)
-    assert replies[-1]["type"] in ("final", "rejected")
-    assert [r["type"] for r in replies].count(replies[-1]["type"]) == 1
+    replies = device.settled_replies("gw-fuzz", correlation, timeout_s=30)
+    exactly_once(replies)
     if replies[-1]["type"] == "rejected":
         assert replies[-1]["code"] and replies[-1]["message"]
 
@@ -122,3 +126,64 @@ def test_stray_topics_and_cancels_do_no_harm(mqtt_gateway, topic: str, payload: 
     _, daemon, device = mqtt_gateway
     device.client.publish(topic, payload, qos=1).wait_for_publish(10)
     assert httpx.get(f"{daemon.url}/health", timeout=10).status_code == 200
+
+
+# ---- the exactly-once check can fail ------------------------------------------------------
+
+
+def test_exactly_once_fails_on_a_duplicate_final_or_a_final_after_rejected() -> None:
+    accepted, final = {"type": "accepted"}, {"type": "final", "text": "ok"}
+    rejected = {"type": "rejected", "code": "invalid_request", "message": "no"}
+    exactly_once([accepted, {"type": "chunk", "seq": 0}, final])
+    exactly_once([rejected])
+    for replies in ([accepted, final, final], [rejected, final], [accepted, final, rejected],
+                    [accepted, final, {"type": "chunk", "seq": 1}], [accepted]):  # fmt: skip
+        with pytest.raises(AssertionError, match="not exactly one answer"):
+            exactly_once(replies)
+
+
+def test_a_duplicate_final_published_after_the_first_is_seen(tmp_path: Path) -> None:
+    """A stand-in gateway on a real broker answers a request, and publishes that final once
+    more only when the device's sentinel arrives, just before answering the sentinel: the
+    latest a duplicate can come and still be caught. The device's settled replies hold it."""
+    broker = Broker(tmp_path).start()
+    answered: list[tuple[str, bytes]] = []
+
+    def answer(client: paho.Client, userdata, message) -> None:
+        topic = message.properties.ResponseTopic
+        correlation = message.properties.CorrelationData
+
+        def reply(body: dict, corr: bytes) -> None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = corr
+            client.publish(topic, json.dumps(body), qos=1, properties=properties)
+
+        if answered:  # the sentinel: the first request's final again, then the sentinel's answer
+            reply({"type": "final", "text": "again"}, answered[0][1])
+            reply({"type": "rejected", "code": "invalid_request", "message": "x"}, correlation)
+        else:
+            answered.append((topic, correlation))
+            reply({"type": "accepted"}, correlation)
+            reply({"type": "final", "text": "once"}, correlation)
+
+    gateway = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2,
+                          protocol=paho.MQTTv5)  # fmt: skip
+    subscribed = threading.Event()
+    gateway.on_message = answer
+    gateway.on_subscribe = lambda *args: subscribed.set()
+    gateway.connect("127.0.0.1", broker.port)
+    gateway.subscribe("edge-agent/v1/gw-dup/infer/req", qos=1)
+    gateway.loop_start()
+    device = Device(broker)
+    try:
+        assert subscribed.wait(10)
+        correlation = device.request("gw-dup", {"model": "tiny", "messages": []})
+        replies = device.settled_replies("gw-dup", correlation, timeout_s=10)
+        assert [r["type"] for r in replies] == ["accepted", "final", "final"]
+        with pytest.raises(AssertionError, match="not exactly one answer"):
+            exactly_once(replies)
+    finally:
+        device.close()
+        gateway.loop_stop()
+        gateway.disconnect()
+        broker.stop()

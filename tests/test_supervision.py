@@ -4,7 +4,7 @@ real notify socket (NOTIFY_SOCKET), as systemd does."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -14,14 +14,13 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.supervision.notify import Notifier
-from agent.supervision.watchdog import EngineWatch, ping_while_healthy
 from tests.conftest import REPO, start_daemon, wait_for
 from tests.mqtt_support import Broker, Device
 
@@ -50,9 +49,11 @@ class NotifySocket:
                 self.lines.put(line)
 
     def wait_for(self, prefix: str, timeout_s: float = 30) -> str:
-        """The next line starting with `prefix`; everything read is kept in `seen`."""
+        """The next line starting with `prefix` within `timeout_s` (queue.Empty if none);
+        everything read is kept in `seen`."""
+        deadline = time.monotonic() + timeout_s
         while True:
-            line = self.lines.get(timeout=timeout_s)
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             self.seen.append(line)
             if line.startswith(prefix):
                 return line
@@ -131,50 +132,44 @@ def test_ready_waits_for_the_mqtt_broker(tmp_path: Path, notify) -> None:
         broker.stop()
 
 
-def test_watchdog_pings_stop_when_the_engine_wedges(monkeypatch, notify) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
-    monkeypatch.setenv("WATCHDOG_USEC", "100000")
-    engine = {"steps": 0, "busy": False, "alive": True}
-    now = [0.0]
-    watch = EngineWatch(
-        steps=lambda: engine["steps"], busy=lambda: engine["busy"],
-        alive=lambda: engine["alive"], stall_s=5.0, clock=lambda: now[0],
-    )  # fmt: skip
-    assert watch.healthy()
-    engine["busy"] = True
-    now[0] = 4.0
-    assert watch.healthy()  # busy, but a step may take this long
-    engine["steps"] += 1
-    now[0] = 8.0
-    assert watch.healthy()  # progress at 4.0 .. 8.0
-    now[0] = 9.5
-    assert watch.healthy()
-    now[0] = 14.0  # busy and no step since 8.0
-    assert not watch.healthy()
-    engine["busy"] = False
-    assert watch.healthy()  # idle is fine
-    engine["alive"] = False
-    assert not watch.healthy()  # the owner thread died
-
-    async def pings_then_silence() -> None:
-        engine["alive"], engine["busy"] = True, False
-        task = asyncio.create_task(ping_while_healthy(Notifier(), watch, lambda: "serving"))
-        await asyncio.to_thread(notify.wait_for, "WATCHDOG=1", 5)
-        engine["busy"], now[0] = True, 100.0  # busy, and no step for far longer than 5 s
-        await asyncio.sleep(0.2)  # a ping may already have been on its way
-        _drain(notify)
-        await asyncio.sleep(0.5)  # five ping intervals
-        task.cancel()
-        assert "WATCHDOG=1" not in _drain(notify)
-
-    asyncio.run(pings_then_silence())
+STALL = "Hang the engine here."  # EDGE_AGENT_TEST_ENGINE_STALL: the owner thread blocks
 
 
-def _drain(sink: NotifySocket) -> list[str]:
-    found = []
-    while not sink.lines.empty():
-        found.append(sink.lines.get())
-    return found
+def test_a_stalled_engine_stops_the_pings_and_fails_ready(notify) -> None:
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000",
+           "EDGE_AGENT_TEST_ENGINE_STALL": STALL}  # fmt: skip
+    gateway = start_daemon("--engine-stall-s", "1", env=env)
+    try:
+        notify.wait_for("READY=1")
+        for _ in range(3):  # pings every 0.1 s while the engine is idle or stepping
+            notify.wait_for("WATCHDOG=1", timeout_s=5)
+        assert httpx.get(f"{gateway.url}/ready").status_code == 200
+        stalled = {"model": "tiny", "messages": [{"role": "user", "content": STALL}],
+                   "max_tokens": 8}  # fmt: skip
+
+        def ask() -> None:  # never answered: the real owner thread blocks inside its step
+            with contextlib.suppress(httpx.HTTPError):  # cut when the test kills the daemon
+                httpx.post(f"{gateway.url}/v1/chat/completions", json=stalled, timeout=60)
+
+        threading.Thread(target=ask, daemon=True).start()
+        notify.wait_for("STATUS=engine stalled", timeout_s=15)
+        # The pings stop. Nothing can announce "no ping": wait out ten ping intervals (1 s,
+        # a bound on an event that must not happen) and see none arrive.
+        with pytest.raises(queue.Empty):
+            notify.wait_for("WATCHDOG=1", timeout_s=1.0)
+
+        def stall_reported() -> bool:
+            answer = httpx.get(f"{gateway.url}/ready", timeout=5)
+            return answer.status_code == 503 and answer.json()["status"] == "stalled"
+
+        wait_for(stall_reported, timeout_s=10)
+        reason = httpx.get(f"{gateway.url}/ready", timeout=5).json()["reason"]
+        assert "no engine step" in reason
+        health = httpx.get(f"{gateway.url}/health", timeout=5)  # a liveness probe restarts it
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+    finally:
+        gateway.process.kill()  # as systemd does after WatchdogSec: the engine never returns
+        gateway.process.wait(10)
 
 
 # ---- the unit and the installer -------------------------------------------------------------

@@ -16,10 +16,11 @@ router = APIRouter()
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 async def health(gateway: GatewayDep) -> JSONResponse:
-    """Liveness, in the older FastAPI ONNX engine's shape. A dead engine thread is a 503, so
-    a container HEALTHCHECK (`curl -f`) notices; loading and draining are `/ready`'s."""
+    """Liveness, in the older FastAPI ONNX engine's shape. A dead or stalled engine thread is
+    a 503, so a container HEALTHCHECK (`curl -f`) or a liveness probe restarts the daemon;
+    loading and draining are `/ready`'s."""
     readiness = gateway.readiness()
-    if readiness.state != "engine_failed":
+    if readiness.state not in ("engine_failed", "stalled"):
         return JSONResponse(Health(status="healthy", model=gateway.names.model).wire())
     body = Health(status="unhealthy", model=gateway.names.model, reason=readiness.reason)
     return JSONResponse(body.wire(), status_code=503)

@@ -6,9 +6,8 @@ The 0.18 CPU engine batches statically: requests join only when the running batc
 drained, so the owner admits up to `max_batch` queued requests at once after a short
 batch window. Stop strings are matched here (StopMatcher); `seed` is not reproducible.
 If the owner thread dies, every queued and running request ends with an error, new ones
-are refused with `engine_failed`, and `on_failure` tells the service. Tests make it die on
-purpose: with EDGE_AGENT_TEST_ENGINE_CRASH set (test-only), it raises once a request whose
-last message is that text is queued or running.
+are refused with `engine_failed`, and `on_failure` tells the service. Tests make it die
+(EDGE_AGENT_TEST_ENGINE_CRASH) or hang (EDGE_AGENT_TEST_ENGINE_STALL) on a request's text.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from agent.engine.turns import (
     Turn,
     completion_budget,
     final_chunk,
+    stall_for_tests,
     turn_options,
 )
 from agent.engine.types import (
@@ -313,6 +313,7 @@ class LocalEngine:
                 if turn.job.cancel_requested and not turn.cancel_sent:
                     turn.og_request.cancel_turn(turn.turn_id)
                     turn.cancel_sent = True
+            stall_for_tests(turns)
             try:
                 for event in engine.run(events):
                     found = next((t for t in turns if t.og_request is event.request), None)

@@ -3,6 +3,8 @@ and its final chunk (usage and timings). Pure functions of the job and the setti
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -125,3 +127,12 @@ def final_chunk(job: Job, reason: FinishReason, tail: str, error: str | None) ->
             decode_tokens_per_s=(tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0,
         ),
     )
+
+
+def stall_for_tests(turns: list[Turn]) -> None:
+    """EDGE_AGENT_TEST_ENGINE_STALL (tests only): block the owner thread for good inside a
+    step, as a hung execution provider would, while a request whose last message is that
+    text runs; the watchdog must notice."""
+    stall_on = os.environ.get("EDGE_AGENT_TEST_ENGINE_STALL")
+    if stall_on is not None and any(turn.job.request.last_text == stall_on for turn in turns):
+        threading.Event().wait()

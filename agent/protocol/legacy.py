@@ -59,7 +59,8 @@ class Health(WireModel):
 
 
 class Ready(WireModel):
-    """`GET /ready`: `ready`, or why not (`loading`, `draining`, `engine_failed`)."""
+    """`GET /ready`: `ready`, or why not (`loading`, `draining`, `engine_failed`,
+    `stalled`)."""
 
     status: str
     reason: str | None = omitted_when_none()
