@@ -33,11 +33,12 @@ from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import ResourceGovernor
 from agent.routing.port import Readiness, Routed, ServedModel
 from agent.routing.router import Router
+from agent.routing.status import local_status, routing_status
 from agent.security.rate_limit import RateLimiter
 from agent.settings import Settings
 from agent.state.conversations import Conversations
 from agent.state.profiles import ProfileStore
-from agent.telemetry.metrics import LiveSource, Metrics, totals_by
+from agent.telemetry.metrics import LiveSource, Metrics
 from agent.telemetry.publisher import TelemetryPublisher
 
 log = structlog.get_logger(__name__)
@@ -334,51 +335,20 @@ class Service:
         }
 
     def status(self) -> dict[str, Any]:
-        engine = self.engine
+        mqtt = self.mqtt
         return {
             "version": __version__,
             "device_id": self.settings.device_id,
             "state": self.readiness().state,
             "uptime_s": round(time.time() - self.started_at, 1),
-            "model": {
-                "name": self.info.name,
-                "variant": self.info.variant,
-                "precision": self.info.precision,
-                "path": str(self.info.path),
-                "context_length": self.info.context_length,
-                "max_length": engine.max_length,
-                "kv_cache_bytes_per_token": self.info.kv_bytes_per_token,
-                "load_time_s": round(engine.load_time_s, 3),
-                "names": self.names.listed(),
-            },
+            **local_status(self.engine, self.names),
             "embedding_model": self.embedding.describe(),
-            "provider": engine.provider,
-            "provider_attempts": [
-                {"provider": a.provider, "error": a.error} for a in engine.load_attempts
-            ],
-            "threads": engine.threads,
             "hardware": self.hardware.to_dict(),
-            "queue": {
-                "depth": engine.queue_depth,
-                "running": engine.running,
-                "max_queue": engine.settings.max_queue,
-                "max_batch": engine.settings.max_batch,
-            },
-            "engine_steps": engine.steps,
-            "finished": dict(engine.finished),
-            "routing": {
-                "default_route": self.router.default_route,
-                "signals": self.governor.state(),
-                "estimated_wait_s": round(self.governor.estimated_wait_s(), 3),
-                "service_time_s": self.governor.service_time_s,
-                "breakers": self.cloud.states(),
-                "requests": totals_by(self.metrics.requests, "backend"),
-                "fallbacks": totals_by(self.metrics.fallbacks, "reason"),
-            },
+            "routing": routing_status(self.router, self.governor, self.cloud, self.metrics),
             "mqtt": {
-                "enabled": self.mqtt is not None,
-                "connected": self.mqtt.connected if self.mqtt else False,
-                "state": self.mqtt.state if self.mqtt else None,
+                "enabled": mqtt is not None,
+                "connected": mqtt.connected if mqtt else False,
+                "state": mqtt.state if mqtt else None,
             },
         }
 
