@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--root", type=Path, default=Path("/"), help="read a recorded tree")
     detect.add_argument("--model", type=Path, help="model directory (default: bundled)")
 
-    fleet = commands.add_parser("fleet", help="watch every gateway on a broker")
+    fleet = commands.add_parser("fleet", help="watch and command every gateway on a broker")
     fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True)
     fleet_watch = fleet_commands.add_parser("watch", help="live table of gateways")
     fleet_watch.add_argument("--mqtt-url", required=True)
@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         default=130.0,
         help="longest wait for two telemetry documents per gateway (default 130)",
     )
+
+    _rollout_flags(fleet_commands)
 
     profiles = commands.add_parser("profiles", help="profiles (Modelfiles) in the state dir")
     where = argparse.ArgumentParser(add_help=False)
@@ -158,6 +160,31 @@ def main(argv: list[str] | None = None) -> None:
         "status": _status,
     }
     sys.exit(commands[args.command](args))
+
+
+def _rollout_flags(fleet_commands: Any) -> None:
+    """`fleet update|rollback|config set`: agent/telemetry/rollout.py runs them."""
+    to = argparse.ArgumentParser(add_help=False)
+    to.add_argument("--broker", "--mqtt-url", dest="broker", required=True, help="mqtt://...")
+    to.add_argument("--prefix", default="edge-agent/v1")
+    which = to.add_mutually_exclusive_group()
+    which.add_argument("--gateways", help="device id glob (default: every gateway online)")
+    which.add_argument("--pool", help="the gateways serving this pool")
+    to.add_argument("--canary", type=int, default=0, help="first N gateways, then the rest")
+    to.add_argument("--timeout-s", type=float, default=1800.0, help="longest wait per stage")
+    update = fleet_commands.add_parser("update", parents=[to], help="install a model version")
+    update.add_argument("name")
+    update.add_argument("--version", required=True)
+    update.add_argument("--source", required=True, help="URL, hf:REPO[@REV] or gateway PATH")
+    hashes = update.add_mutually_exclusive_group(required=True)
+    hashes.add_argument("--sha256-file", type=Path, help="{FILE: HEX} JSON or sha256sum output")
+    hashes.add_argument("--manifest-url")
+    fleet_commands.add_parser("rollback", parents=[to], help="back to the previous version")
+    config = fleet_commands.add_parser("config", help="remote configuration")
+    config_set = config.add_subparsers(dest="config_command", required=True).add_parser(
+        "set", parents=[to], help="merge settings into config/desired, wait for reported"
+    )
+    config_set.add_argument("settings", nargs="+", metavar="KEY=VALUE")
 
 
 def _setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -260,6 +287,10 @@ def _cloud_flag(spec: str, first_token_timeout_s: float | None) -> dict[str, Any
 def _fleet(args: argparse.Namespace) -> int:
     from agent.telemetry.fleet import snapshot, watch
 
+    if args.fleet_command not in ("watch", "snapshot"):
+        from agent.telemetry.rollout import rollout_command
+
+        return rollout_command(args)
     if args.fleet_command == "watch":
         try:
             watch(args.mqtt_url, args.prefix, args.json)

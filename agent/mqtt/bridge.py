@@ -190,6 +190,7 @@ class MqttBridge:
             "session": self.connection.connects if self.connection else 0,
             "ts": time.time(),
             "version": __version__,
+            "pool": self.topics.pool,  # `fleet update --pool` finds its gateways by it
             **self.gateway.describe(),
         }
 

@@ -25,6 +25,7 @@ class GatewayRow:
     device_id: str
     state: str = "unknown"
     model: str | None = None
+    model_version: str | None = None
     provider: str | None = None
     requests_per_s: float | None = None
     tokens_per_s: float | None = None
@@ -53,6 +54,7 @@ class FleetView:
         row = self.row(device_id)
         row.state = status.get("state", "unknown")
         row.model = status.get("model", row.model)
+        row.model_version = status.get("model_version", row.model_version)
         row.provider = status.get("provider", row.provider)
         row.last_seen = now
         return row
@@ -98,12 +100,13 @@ class FleetView:
         return changed
 
     def table(self) -> str:
-        header = f"{'gateway':<16}{'state':<9}{'model':<10}{'provider':<14}{'req/s':>7}{'tok/s':>8}{'p95 ttft':>9}{'fallback':>9}{'mem MiB':>9}{'temp':>6}  last seen"  # noqa: E501
+        header = f"{'gateway':<16}{'state':<9}{'model':<10}{'version':<9}{'provider':<14}{'req/s':>7}{'tok/s':>8}{'p95 ttft':>9}{'fallback':>9}{'mem MiB':>9}{'temp':>6}  last seen"  # noqa: E501
         lines = [header]
         for row in sorted(self.rows.values(), key=lambda r: r.device_id):
             age = f"{time.time() - row.last_seen:.0f}s ago" + (" OVERDUE" if row.overdue else "")
             lines.append(
-                f"{row.device_id:<16}{row.state:<9}{row.model or '-':<10}{row.provider or '-':<14}"
+                f"{row.device_id:<16}{row.state:<9}{row.model or '-':<10}"
+                f"{row.model_version or '-':<9}{row.provider or '-':<14}"
                 f"{_num(row.requests_per_s, 2):>7}{_num(row.tokens_per_s, 1):>8}"
                 f"{_num(row.p95_ttft_s, 3):>9}{_pct(row.fallback_share):>9}"
                 f"{_num(row.memory_available_mib, 0):>9}{_num(row.temperature_c, 0):>6}  {age}"
