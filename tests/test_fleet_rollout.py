@@ -156,6 +156,7 @@ def test_update_rolls_out_to_a_canary_first_while_traffic_runs(
     assert done.returncode == 0, done.stdout + done.stderr
     assert answered and set(answered) == {200}, answered
     assert mqtt_finals and all(f["type"] == "final" for f in mqtt_finals), mqtt_finals
+    assert all("error" not in f and f["finish_reason"] != "error" for f in mqtt_finals)
     for daemon in fleet.values():
         assert daemon.status()["model"]["name"] == "tiny-fleet"
         assert ask(daemon).status_code == 200

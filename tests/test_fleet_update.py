@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import TINY, Daemon, start_daemon
-from tests.mqtt_support import Broker, Device
+from tests.mqtt_support import Broker, Device, free_port
 
 # No model named: the one serving, before and after a switch.
 ASK = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
@@ -234,6 +234,24 @@ def test_a_corrupted_artifact_is_refused_and_the_old_model_serves(
     assert not (state / "models" / "tiny-fleet").exists()
     assert not (state / "models" / "active").exists()
     assert device.status(device_id, "ready")["model"] == "tiny"
+
+
+def test_an_unreachable_source_fails_at_download_without_showing_its_secrets(
+    broker, gateways, artifacts, tmp_path
+) -> None:
+    device_id = gateway(broker, gateways, tmp_path / "state")
+    device = Device(broker)
+    folder = artifacts.root / "tiny-v2"
+    hashes = {p.name: sha256(p) for p in sorted(folder.iterdir())}
+    closed = free_port()  # nothing listens there
+    url = f"http://fleet:s3cret@127.0.0.1:{closed}/tiny-v2?signature=abc123"
+    body = {**update_body(artifacts, "v4"), "source": {"url": url}, "sha256": hashes}
+    del body["manifest_url"]
+    final = device.replies(command(device, device_id, "update_model", body))[-1]
+    assert final["ok"] is False and final["error"].startswith("download:"), final
+    assert final["result"]["step"] == "download"
+    assert "s3cret" not in json.dumps(final) and "abc123" not in json.dumps(final)
+    assert ask(gateways[0]).status_code == 200
 
 
 def test_a_model_too_large_for_memory_is_refused(broker, gateways, artifacts, tmp_path) -> None:

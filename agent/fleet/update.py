@@ -183,13 +183,16 @@ class ModelUpdates:
         staging = self.store.root / ".partial" / f"update-{update.name}-{update.version}"
         try:
             files = await self._fetch(update, staging, progress)
-        except (FetchError, OSError, ValueError, EngineError) as exc:
+        except (FetchError, httpx.HTTPError, OSError, ValueError, EngineError) as exc:
             raise CommandFailed("download", str(exc), done) from exc
         progress({"step": "checksum"})
         wrong = await asyncio.to_thread(verify, staging, files)
         if wrong:
             raise CommandFailed("checksum", wrong, done)
-        folder = assemble(staging, update.name, update.version, update.source, files)
+        try:
+            folder = assemble(staging, update.name, update.version, update.source, files)
+        except (OSError, ValueError) as exc:  # not a model folder: it could never load
+            raise CommandFailed("load", str(exc), done) from exc
         try:
             info = resolve_model(folder)
             engine = self.daemon.settings.engine

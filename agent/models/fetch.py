@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -24,6 +24,14 @@ from agent.protocol.commands import redacted
 Report = Callable[[dict[str, Any]], None]  # progress: {step, bytes, total}
 CHUNK = 64 * 1024
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+def shown(url: str) -> str:
+    """A URL as errors and logs show it: without user:password@ or a (signed) query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class FetchError(RuntimeError):
@@ -47,7 +55,7 @@ async def download(
                 os.replace(partial, target)
                 return
             if response.status_code not in (200, 206):
-                raise FetchError(f"{url}: HTTP {response.status_code}")
+                raise FetchError(f"{shown(url)}: HTTP {response.status_code}")
             if response.status_code == 200:
                 have = 0  # the server ignored the Range: start over
             length = int(response.headers.get("Content-Length", 0))
@@ -59,9 +67,9 @@ async def download(
                     have += len(chunk)
                     advance(have, total)
     except httpx.HTTPError as exc:
-        raise FetchError(f"{url}: {exc}") from exc
+        raise FetchError(f"{shown(url)}: {exc}") from exc
     if total and have != total:
-        raise FetchError(f"{url}: the connection ended at {have} of {total} bytes")
+        raise FetchError(f"{shown(url)}: the connection ended at {have} of {total} bytes")
     os.replace(partial, target)
 
 
@@ -71,7 +79,7 @@ async def fetch_json(client: httpx.AsyncClient, url: str) -> Any:
         response.raise_for_status()
         return json.loads(response.content)
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
-        raise FetchError(f"{url}: {exc}") from exc
+        raise FetchError(f"{shown(url)}: {exc}") from exc
 
 
 async def download_all(
@@ -79,7 +87,11 @@ async def download_all(
 ) -> None:
     sizes = {}
     for path in files:
-        head = await client.head(f"{base}/{quote(path)}")
+        url = f"{base}/{quote(path)}"
+        try:
+            head = await client.head(url)
+        except httpx.HTTPError as exc:  # unreachable, refused, timed out: the download step
+            raise FetchError(f"{shown(url)}: {exc}") from exc
         sizes[path] = int(head.headers.get("Content-Length", 0)) if head.is_success else 0
     total = sum(sizes.values()) or None
     finished = 0

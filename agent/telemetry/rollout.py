@@ -364,7 +364,7 @@ def rollout_command(args: argparse.Namespace) -> int:
         targets = select(client.discover(), args.gateways, args.pool)
         outcomes = rollout(client, targets, args.canary, start, judge, args.timeout_s)
     except (RolloutError, TimeoutError) as exc:
-        print(f"edge-agent: {exc or 'the broker did not answer'}", file=sys.stderr)
+        print(f"edge-agent: {str(exc) or 'the broker did not answer'}", file=sys.stderr)
         return 1
     finally:
         client.close()
