@@ -242,7 +242,7 @@ class Router:
         log.info(
             "request finished",
             request_id=request.request_id,
-            model=request.model,
+            model=request.model or self.names.default,
             backend=backend,
             route_reason=reason,
             finish_reason=(final.finish_reason or FinishReason.STOP).value,
