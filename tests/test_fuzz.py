@@ -1,7 +1,8 @@
 """Fuzzing: schemathesis drives every route of the daemon's own OpenAPI document with
 generated valid and invalid requests; hypothesis throws malformed MQTT traffic at a real
-broker. The daemon must never answer 5xx, must answer every request-shaped MQTT message
-exactly once, and must stay up. CI runs a few hundred cases; scripts/fuzz.py runs more."""
+broker. The daemon must never answer 5xx, must answer only the statuses and bodies its
+document declares, must answer every request-shaped MQTT message exactly once, and must stay
+up. CI runs a few hundred cases; scripts/fuzz.py runs more."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
@@ -23,8 +25,12 @@ from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
+    status_code_conformance,
 )
+from schemathesis.core.failures import FailureGroup
+from starlette.responses import JSONResponse
 
+from agent.api.guard import GENERATING, OPEN_PATHS
 from tests.conftest import Daemon, start_daemon
 from tests.mqtt_support import Broker, Device, exactly_once
 
@@ -51,13 +57,50 @@ def test_no_route_answers_5xx_or_off_schema(fuzzed: Daemon) -> None:
         @settings(max_examples=EXAMPLES, deadline=None,
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         def fuzz(case) -> None:
-            case.call_and_validate(
-                checks=[not_a_server_error, content_type_conformance,
-                        response_schema_conformance],
-                timeout=60,
-            )  # fmt: skip
+            case.call_and_validate(checks=CHECKS, timeout=60)
 
         fuzz()
+
+
+def test_a_top_k_past_the_vocabulary_samples_from_all_of_it(fuzzed: Daemon) -> None:
+    """Found by the fuzz test: onnxruntime-genai refuses a top_k over the vocabulary (a 500),
+    where any such top_k means no cut at all."""
+    body = {"prompt": "a", "max_tokens": 2, "temperature": 0.5, "top_k": 33390}
+    reply = httpx.post(f"{fuzzed.url}/v1/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+
+
+CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance,
+          status_code_conformance]  # fmt: skip
+ERROR_BODIES = {"openai": "#/components/schemas/ErrorResponse",
+                "ollama": "#/components/schemas/ErrorReply"}  # fmt: skip
+
+
+def test_the_document_types_every_answer_and_every_refusal(fuzzed: Daemon) -> None:
+    """What makes the conformance check above mean something: every 200 has a schema for
+    each media type, and every refusal the daemon can send is declared with the error body
+    of the route's API (FastAPI's 422, which the daemon never sends, is gone)."""
+    document = httpx.get(f"{fuzzed.url}/openapi.json", timeout=10).json()
+    assert "422" not in json.dumps(document) and "ValidationError" not in json.dumps(document)
+    for path, operations in document["paths"].items():
+        style = "ollama" if path.startswith("/api/") else "openai"
+        for method, operation in operations.items():
+            where, responses = f"{method.upper()} {path}", operation["responses"]
+            assert responses["200"]["content"], where
+            for media_type, content in responses["200"]["content"].items():
+                assert content.get("schema"), f"{where}: no schema for {media_type}"
+            if json_answer := responses["200"]["content"].get("application/json"):
+                assert "$ref" in json_answer["schema"], f"{where}: a free-form 200"
+            refusals = {"413"} | ({"401"} if path not in OPEN_PATHS else set())
+            if path in GENERATING and method == "post":
+                refusals |= {"400", "404", "429", "500", "503"}
+            if "requestBody" in operation:
+                refusals.add("400")
+            assert refusals <= set(responses), f"{where}: {sorted(refusals - set(responses))}"
+            for status in set(responses) - {"200"}:
+                schema = responses[status]["content"]["application/json"]["schema"]
+                if path not in ("/health", "/ready") or status != "503":
+                    assert schema == {"$ref": ERROR_BODIES[style]}, f"{where} {status}"
 
 
 # ---- MQTT ---------------------------------------------------------------------------------
@@ -187,3 +230,62 @@ def test_a_duplicate_final_published_after_the_first_is_seen(tmp_path: Path) -> 
         gateway.loop_stop()
         gateway.disconnect()
         broker.stop()
+
+
+# ---- the conformance check can fail -------------------------------------------------------
+
+
+def _impostor(document: dict[str, Any], status: int, body: Any) -> Any:
+    """An ASGI app that serves the daemon's document and answers every route with `body`."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            answer = document if scope["path"] == "/openapi.json" else body
+            response = JSONResponse(answer, status_code=200 if answer is document else status)
+            await response(scope, receive, send)
+
+    return app
+
+
+OPENAI_ERROR = {"error": {"message": "no", "type": "invalid_request_error", "param": None,
+                          "code": "invalid_request"}}  # fmt: skip
+BROKEN = [  # an answer that breaks the document, and what schemathesis then reports
+    ("GET", "/v1/models", 200, {"object": "list", "data": [{"id": 7}]}, "violates schema"),
+    ("GET", "/v1/agent/status", 200, {"version": "1"}, "violates schema"),
+    ("POST", "/api/show", 400, OPENAI_ERROR, "violates schema"),
+    ("POST", "/v1/chat/completions", 400, {"error": "no"}, "violates schema"),
+    ("POST", "/v1/chat/completions", 429, {"detail": "slow down"}, "violates schema"),
+    ("POST", "/api/chat", 422, {"detail": [{"msg": "bad"}]}, "Undocumented status code"),
+]
+
+
+@pytest.fixture(scope="module")
+def document(fuzzed: Daemon) -> dict[str, Any]:
+    return httpx.get(f"{fuzzed.url}/openapi.json", timeout=10).json()
+
+
+@pytest.mark.parametrize(("method", "path", "status", "body", "reported"), BROKEN)
+def test_the_conformance_check_fails_on_an_answer_off_the_document(
+    document: dict[str, Any], method: str, path: str, status: int, body: Any, reported: str
+) -> None:
+    """The daemon's own document, served by a stand-in that answers wrong: the same checks
+    as the fuzz test must raise."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", _impostor(document, status, body))
+    operation = schema[path][method]
+    case = operation.Case(body={"model": "tiny"}) if method == "POST" else operation.Case()
+    with pytest.raises(FailureGroup, match=reported):
+        case.call_and_validate(checks=CHECKS)
+
+
+def test_the_conformance_check_passes_the_answers_the_document_declares(
+    document: dict[str, Any],
+) -> None:
+    """The control: right answers through the same stand-in pass, so the failures above are
+    the wrong bodies and statuses, not the stand-in."""
+    for path, status, body in [
+        ("/v1/models", 200, {"object": "list", "data": []}),
+        ("/v1/models", 401, OPENAI_ERROR),
+        ("/api/tags", 413, {"error": "too large"}),
+    ]:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", _impostor(document, status, body))
+        schema[path]["GET"].Case().call_and_validate(checks=CHECKS)

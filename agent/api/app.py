@@ -3,6 +3,9 @@ served through the gateway port."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import FastAPI
 
 from agent import __version__
@@ -19,6 +22,7 @@ def create_app(gateway: Gateway, security: SecuritySettings) -> FastAPI:
     """The app serves whatever state the gateway is in; the service owns start and stop."""
     app = FastAPI(title="edge-agent", version=__version__)
     app.state.gateway = gateway
+    app.openapi = _without_422(app.openapi)  # type: ignore[method-assign]
     errors.install(app)
     for module in (ops, openai, responses, ollama, legacy, tokens, embeddings):
         app.include_router(module.router)
@@ -32,3 +36,21 @@ def create_app(gateway: Gateway, security: SecuritySettings) -> FastAPI:
         streams=ConcurrencyLimiter(security.max_streams_per_client),
     )
     return app
+
+
+def _without_422(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """FastAPI documents 422 on every route with a body, but errors.install answers an
+    invalid request 400 (declared on each route with its error body): drop the 422s and the
+    schemas only they used, so the document says what the daemon does."""
+
+    def openapi() -> dict[str, Any]:
+        document = build()
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+        schemas = document.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        return document
+
+    return openapi

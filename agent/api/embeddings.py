@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter
 
 from agent.api.deps import GatewayDep
+from agent.api.errors import GENERATING, ollama_errors, openai_errors
 from agent.protocol.embeddings import (
     EmbedBody,
     EmbeddingData,
@@ -23,7 +24,7 @@ from agent.protocol.embeddings import (
 router = APIRouter()
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=openai_errors(GENERATING))
 async def openai_embeddings(body: EmbeddingRequest, gateway: GatewayDep) -> EmbeddingResponse:
     """Like vLLM, a text past the model's length is refused rather than cut."""
     done = await gateway.embed(body.texts(), body.model, truncate=False)
@@ -37,7 +38,7 @@ async def openai_embeddings(body: EmbeddingRequest, gateway: GatewayDep) -> Embe
     return EmbeddingResponse(data=data, model=done.model, usage=usage)
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", responses=ollama_errors(GENERATING))
 async def embed(body: EmbedBody, gateway: GatewayDep) -> EmbedResponse:
     started = time.perf_counter_ns()
     done = await gateway.embed(body.texts(), body.model, truncate=body.truncate)
@@ -49,7 +50,7 @@ async def embed(body: EmbedBody, gateway: GatewayDep) -> EmbedResponse:
     )
 
 
-@router.post("/api/embeddings")
+@router.post("/api/embeddings", responses=ollama_errors(GENERATING))
 async def embeddings(body: EmbeddingsBody, gateway: GatewayDep) -> EmbeddingsResponse:
     done = await gateway.embed([body.prompt], body.model, truncate=True)
     return EmbeddingsResponse(embedding=done.vectors[0])

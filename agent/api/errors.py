@@ -3,14 +3,19 @@ operations routes, Ollama-style `{"error": "..."}` on /api."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from agent.engine.types import EngineError, ErrorCode
+from agent.protocol.fields import WireModel
 from agent.protocol.ollama import ErrorReply
 from agent.protocol.openai import ErrorDetail, ErrorResponse
+
+Responses = dict[int | str, dict[str, Any]]
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
@@ -40,6 +45,36 @@ _ROUTING = {
     ErrorCode.NOT_FOUND: "no such route",
     ErrorCode.METHOD_NOT_ALLOWED: "method not allowed",
 }
+
+
+# OpenAPI: what each refusal means, for the statuses a route declares next to its 200.
+_MEANING = {
+    400: "Invalid request: a body that fails validation, or a limit of the model",
+    401: "Missing or wrong API key (when keys are on)",
+    404: "No such model, profile or stored response",
+    413: "The request body exceeds max_request_bytes",
+    429: "Over the client's rate or concurrency limit (Retry-After says when to retry)",
+    500: "The engine failed while generating",
+    503: "Busy, loading, draining or a failed engine (Retry-After when it will pass)",
+}
+# Every route: the guard's key check and size cap; generating ones add limits and the engine.
+GUARDED = (401, 413)
+WITH_BODY = (400, 401, 404, 413)
+GENERATING = (400, 401, 404, 413, 429, 500, 503)
+
+
+def _declared(body: type[WireModel], statuses: tuple[int, ...]) -> Responses:
+    return {status: {"model": body, "description": _MEANING[status]} for status in statuses}
+
+
+def openai_errors(statuses: tuple[int, ...]) -> Responses:
+    """The refusals a /v1 or operations route may answer, with OpenAI's error body."""
+    return _declared(ErrorResponse, statuses)
+
+
+def ollama_errors(statuses: tuple[int, ...]) -> Responses:
+    """The refusals an /api route may answer, with Ollama's `{"error": "..."}`."""
+    return _declared(ErrorReply, statuses)
 
 
 def _error_type(status: int) -> str:

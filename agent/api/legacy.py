@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from agent.api.deps import GatewayDep
+from agent.api.errors import GENERATING, GUARDED, openai_errors
 from agent.api.streaming import collect
 from agent.engine.types import ChatRequest, Message, SamplingParams
 from agent.protocol.legacy import EngineDescription, ReasoningBody, ReasoningResponse
@@ -16,7 +17,7 @@ from agent.protocol.legacy import EngineDescription, ReasoningBody, ReasoningRes
 router = APIRouter()
 
 
-@router.post("/reasoning")
+@router.post("/reasoning", responses=openai_errors(GENERATING))
 async def reasoning(
     body: ReasoningBody, request: Request, gateway: GatewayDep
 ) -> ReasoningResponse:
@@ -44,8 +45,11 @@ async def reasoning(
 
 @router.get(
     "/",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}, "application/json": {}}}},
+    response_model=EngineDescription,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **openai_errors(GUARDED),
+    },
 )
 async def root(request: Request, gateway: GatewayDep) -> Response:
     """Ollama's "Ollama is running" (what its clients probe for); a client that asks for

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.api.deps import GatewayDep
+from agent.api.errors import GENERATING, GUARDED, WITH_BODY, ollama_errors
 from agent.api.streaming import NDJSON_OR_JSON, collect, headers, ndjson, routed_request
 from agent.engine.reply import ReplyReader
 from agent.engine.types import EngineError, ErrorCode, ToolCall
@@ -24,6 +25,7 @@ from agent.protocol.ollama import (
     ChatResponse,
     CopyBody,
     CreateBody,
+    Empty,
     ErrorReply,
     GenerateBody,
     GenerateResponse,
@@ -59,12 +61,16 @@ def _warn_ignored(options: Options) -> None:
         log.warning("ollama options ignored", options=ignored)
 
 
-@router.get("/api/version")
+@router.get("/api/version", responses=ollama_errors(GUARDED))
 async def version() -> VersionResponse:
     return VersionResponse()
 
 
-@router.post("/api/chat", responses=NDJSON_OR_JSON, response_model=ChatResponse)
+@router.post(
+    "/api/chat",
+    responses={**NDJSON_OR_JSON, **ollama_errors(GENERATING)},
+    response_model=ChatResponse,
+)
 async def chat(
     body: ChatBody, request: Request, gateway: GatewayDep
 ) -> JSONResponse | StreamingResponse:
@@ -88,7 +94,11 @@ async def chat(
     return JSONResponse(reply.wire(), headers=headers(routed))
 
 
-@router.post("/api/generate", responses=NDJSON_OR_JSON, response_model=GenerateResponse)
+@router.post(
+    "/api/generate",
+    responses={**NDJSON_OR_JSON, **ollama_errors(GENERATING)},
+    response_model=GenerateResponse,
+)
 async def generate(
     body: GenerateBody, request: Request, gateway: GatewayDep
 ) -> JSONResponse | StreamingResponse:
@@ -146,19 +156,19 @@ def _model_entry(gateway: GatewayDep, name: str) -> ModelEntry:
     )
 
 
-@router.get("/api/tags")
+@router.get("/api/tags", responses=ollama_errors(GUARDED))
 async def tags(gateway: GatewayDep) -> ListResponse:
     return ListResponse(models=[_model_entry(gateway, name) for name in gateway.names.listed()])
 
 
-@router.get("/api/ps")
+@router.get("/api/ps", responses=ollama_errors(GUARDED))
 async def ps(gateway: GatewayDep) -> ProcessResponse:
     entry = _model_entry(gateway, gateway.served_model().name)
     running = RunningModel(**entry.model_dump(), expires_at="0001-01-01T00:00:00Z", size_vram=0)
     return ProcessResponse(models=[running])
 
 
-@router.post("/api/show")
+@router.post("/api/show", responses=ollama_errors(WITH_BODY))
 async def show(body: NameBody, gateway: GatewayDep) -> ShowResponse:
     name = body.required_name()
     profile = gateway.names.resolve(name)
@@ -199,7 +209,11 @@ def _modelfile(body: CreateBody) -> modelfile.Modelfile:
     return parsed
 
 
-@router.post("/api/create", responses=NDJSON_OR_JSON, response_model=StatusLine)
+@router.post(
+    "/api/create",
+    responses={**NDJSON_OR_JSON, **ollama_errors(WITH_BODY)},
+    response_model=StatusLine,
+)
 async def create(body: CreateBody, gateway: GatewayDep) -> JSONResponse | StreamingResponse:
     name = body.required_name()
     parsed = _modelfile(body)
@@ -218,17 +232,21 @@ async def create(body: CreateBody, gateway: GatewayDep) -> JSONResponse | Stream
     return JSONResponse(final.wire())
 
 
-@router.post("/api/copy")
+@router.post("/api/copy", response_model=Empty, responses=ollama_errors(WITH_BODY))
 async def copy(body: CopyBody, gateway: GatewayDep) -> JSONResponse:
     """A profile FROM the source, with nothing of its own: the same model, system prompt
     and parameters under the new name."""
     gateway.names.resolve(body.source)
     gateway.names.create(body.destination, modelfile.Modelfile(base=body.source))
     log.info("model copied", source=body.source, destination=body.destination)
-    return JSONResponse({})
+    return JSONResponse(Empty().wire())
 
 
-@router.post("/api/pull", responses=NDJSON_OR_JSON, response_model=PullLine)
+@router.post(
+    "/api/pull",
+    responses={**NDJSON_OR_JSON, **ollama_errors(GENERATING)},
+    response_model=PullLine,
+)
 async def pull(body: PullBody, gateway: GatewayDep) -> JSONResponse | StreamingResponse:
     """`edge-agent models pull` of a catalog name or Ollama tag, its progress streamed."""
     progress = await gateway.pull(body.required_name())
@@ -248,7 +266,7 @@ async def pull(body: PullBody, gateway: GatewayDep) -> JSONResponse | StreamingR
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@router.delete("/api/delete")
+@router.delete("/api/delete", response_model=Empty, responses=ollama_errors(WITH_BODY))
 async def delete(body: NameBody, gateway: GatewayDep) -> JSONResponse:
     """A stored profile, else a pulled model (as `edge-agent models remove`)."""
     name = body.required_name()
@@ -258,4 +276,4 @@ async def delete(body: NameBody, gateway: GatewayDep) -> JSONResponse:
         if exc.code != ErrorCode.MODEL_NOT_FOUND:
             raise
         await asyncio.to_thread(gateway.remove_model, name)  # deletes files: off the loop
-    return JSONResponse({})
+    return JSONResponse(Empty().wire())

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.api.deps import GatewayDep
+from agent.api.errors import GENERATING, GUARDED, openai_errors
 from agent.api.streaming import SSE_OR_JSON, collect, headers, routed_request, sse
 from agent.engine.reply import ReplyReader
 from agent.engine.types import ErrorCode
@@ -37,13 +38,17 @@ from agent.routing.port import Routed
 router = APIRouter(prefix="/v1")
 
 
-@router.get("/models")
+@router.get("/models", responses=openai_errors(GUARDED))
 async def list_models(gateway: GatewayDep) -> ModelList:
     created = int(gateway.started_at)
     return ModelList(data=[ModelCard(id=name, created=created) for name in gateway.names.listed()])
 
 
-@router.post("/chat/completions", responses=SSE_OR_JSON, response_model=ChatCompletion)
+@router.post(
+    "/chat/completions",
+    responses={**SSE_OR_JSON, **openai_errors(GENERATING)},
+    response_model=ChatCompletion,
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, gateway: GatewayDep
 ) -> JSONResponse | StreamingResponse:
@@ -71,7 +76,11 @@ async def chat_completions(
     return JSONResponse(reply.wire(), headers=headers(routed))
 
 
-@router.post("/completions", responses=SSE_OR_JSON, response_model=Completion)
+@router.post(
+    "/completions",
+    responses={**SSE_OR_JSON, **openai_errors(GENERATING)},
+    response_model=Completion,
+)
 async def completions(
     body: CompletionRequest, request: Request, gateway: GatewayDep
 ) -> JSONResponse | StreamingResponse:

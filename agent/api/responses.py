@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.api.deps import GatewayDep
+from agent.api.errors import GENERATING, openai_errors
 from agent.api.streaming import SSE_OR_JSON, collect, headers, routed_request
 from agent.engine.reply import Reply, ReplyReader
 from agent.engine.types import EngineError, ErrorCode, Message
@@ -38,7 +39,11 @@ from agent.routing.port import Gateway, Routed
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/responses", responses=SSE_OR_JSON, response_model=ResponseObject)
+@router.post(
+    "/responses",
+    responses={**SSE_OR_JSON, **openai_errors(GENERATING)},
+    response_model=ResponseObject,
+)
 async def create_response(
     body: ResponsesRequest, request: Request, gateway: GatewayDep
 ) -> JSONResponse | StreamingResponse:

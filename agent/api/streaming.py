@@ -38,12 +38,23 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-# OpenAPI: what a route may answer besides JSON (so clients and fuzzers know).
+# OpenAPI: what a route may answer besides JSON (so clients and fuzzers know). The schema of
+# an event stream describes one event (OpenAPI 3.1); each event's data is one JSON chunk of
+# the route's shape (or OpenAI's closing `[DONE]`), each NDJSON line one JSON object.
+_SSE = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "description": "the event's type (Responses API)"},
+        "data": {"type": "string", "description": "one JSON chunk, or `[DONE]`"},
+    },
+}
+_NDJSON = {"type": "string", "description": "One JSON object per line"}
 SSE_OR_JSON: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+    200: {"content": {"application/json": {}, "text/event-stream": {"schema": _SSE}}}
 }
 NDJSON_OR_JSON: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, "application/x-ndjson": {}}}
+    200: {"content": {"application/json": {}, "application/x-ndjson": {"schema": _NDJSON}}}
 }
 
 

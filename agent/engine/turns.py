@@ -99,7 +99,8 @@ def turn_options(og_request: og.Request, job: Job, defaults: SearchDefaults) -> 
     if do_sample:
         options.set_temperature(defaults.temperature if temperature is None else temperature)
         options.set_top_p(sampling.top_p if sampling.top_p is not None else defaults.top_p)
-        options.set_top_k(sampling.top_k if sampling.top_k is not None else defaults.top_k)
+        top_k = sampling.top_k if sampling.top_k is not None else defaults.top_k
+        options.set_top_k(min(top_k, defaults.vocab_size or top_k))
     if sampling.repetition_penalty is not None:
         options.set_repetition_penalty(sampling.repetition_penalty)
     if job.guidance is not None:

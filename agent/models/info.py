@@ -26,6 +26,7 @@ class SearchDefaults:
     top_p: float = 1.0
     top_k: int = 50
     repetition_penalty: float = 1.0
+    vocab_size: int | None = None  # a top_k past it means no cut; onnxruntime-genai refuses it
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def _read_genai_folder(path: Path, **facts: Any) -> ModelInfo:
             top_p=float(search.get("top_p", 1.0)),
             top_k=int(search.get("top_k", 50)),
             repetition_penalty=float(search.get("repetition_penalty", 1.0)),
+            vocab_size=model.get("vocab_size"),
         ),
         kv_bytes_per_token=kv_bytes,
         **facts,

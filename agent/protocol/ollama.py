@@ -361,6 +361,10 @@ class ErrorReply(WireModel):
     error: str
 
 
+class Empty(WireModel):
+    """What /api/copy and /api/delete answer: an empty object."""
+
+
 # ---- upstream: internal requests in Ollama's shape ----------------------------------------
 
 
