@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     model_pull.add_argument("--from", dest="source", type=Path, help="a local model folder")
     model_pull.add_argument("--token-file", type=Path, help="Hugging Face token (or $HF_TOKEN)")
     model_pull.add_argument("--activate", action="store_true", help="activate it once pulled")
+    model_pull.add_argument("--trust-unverified", action="store_true",
+                            help="accept files with no hash to check them against")  # fmt: skip
     for command, text in (("verify", "re-hash every file"), ("activate", "serve it"),
                           ("remove", "delete it")):  # fmt: skip
         sub = model_commands.add_parser(command, parents=[store], help=text)

@@ -42,9 +42,15 @@ def models_command(args: argparse.Namespace) -> int:
             entry = catalog.find(args.name)
             variant = entry.variant(args.variant, _best_provider(settings, entry))
             token = args.token_file.read_text().strip() if args.token_file else None
-            pulled = pull(entry, variant, store, source=args.source, token=token)
+            pulled = pull(entry, variant, store, source=args.source, token=token,
+                          trust_unverified=args.trust_unverified)  # fmt: skip
+            if pulled.unverified:
+                print(f"edge-agent: WARNING: {len(pulled.unverified)} files NOT verified "
+                      f"(--trust-unverified, recorded in the manifest): "
+                      f"{', '.join(pulled.unverified)}", file=sys.stderr)  # fmt: skip
+            checked = "some NOT verified" if pulled.unverified else "verified"
             print(f"pulled {entry.name} {variant.name} ({pulled.files} files, "
-                  f"{pulled.bytes / 2**20:.1f} MiB, verified) into {pulled.path}")  # fmt: skip
+                  f"{pulled.bytes / 2**20:.1f} MiB, {checked}) into {pulled.path}")  # fmt: skip
             if args.activate:
                 store.activate(entry.name, pulled.version)
                 print(f"activated {entry.name} {pulled.version}")

@@ -110,7 +110,7 @@ def test_activate_switches_the_running_daemon_without_dropping_requests(hub, tmp
                "--state-dir", state, env=env).returncode == 0  # fmt: skip
     # The second model comes from a folder (an offline gateway's USB stick).
     assert cli("models", "pull", "qwen2.5-0.5b-instruct", "--from", str(TINY / "cpu-fp32"),
-               "--state-dir", state).returncode == 0  # fmt: skip
+               "--state-dir", state, "--trust-unverified").returncode == 0  # fmt: skip
     (tmp_path / "broker").mkdir()
     broker = Broker(tmp_path / "broker").start()
     gateway = start_daemon("--state-dir", state, "--max-context", "16384", "--mqtt-url",

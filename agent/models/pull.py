@@ -2,10 +2,13 @@
 
 From the Hugging Face hub (huggingface-hub: resumable downloads, the revision pinned to
 the commit it resolved to, the token from $HF_TOKEN or a file), or from a local folder
-(`--from`, e.g. a USB stick on an offline gateway). Files are hashed against the
-catalog's pinned sha256 where it has one, else against the hub's own LFS hash; a file
-that does not match is deleted and the pull fails. The result is installed with one
-rename into `models_dir/NAME/VERSION/`, with a manifest that `verify` re-checks.
+(`--from`, e.g. a USB stick on an offline gateway). Every file is checked: against the
+catalog's pinned sha256 where it has one, else the hub's LFS sha256, else (a file the hub
+keeps in git) its git blob id; a folder's files against its `sha256sums` or `manifest.toml`.
+A file that does not match is deleted and the pull fails; a file with nothing to check it
+against fails it too, unless `trust_unverified` (recorded in the manifest). The result is
+installed with one rename into `models_dir/NAME/VERSION/`, with a manifest that `verify`
+re-checks.
 `progress` takes Ollama's /api/pull lines (agent/models/requested.py runs the daemon's).
 """
 
@@ -15,6 +18,7 @@ import contextlib
 import hashlib
 import shutil
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +27,13 @@ from typing import Any, TypedDict
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from agent.models.catalog import CatalogEntry, CatalogVariant
-from agent.models.store import ModelStore, sha256_of, write_manifest
+from agent.models.store import HASH_CHUNK, ModelStore, sha256_of, write_manifest
 
 MIB = 1 << 20
 DISK_MARGIN = 1.05  # room for the hub's temporary files
 PROGRESS_INTERVAL_S = 1.0  # how often the download's bytes on disk are reported
+HASH_LISTS = ("sha256sums", "SHA256SUMS", "manifest.toml")  # a `--from` folder's own hashes
+GIT_BLOB = "git-blob"
 
 
 class PullError(RuntimeError):
@@ -40,6 +46,19 @@ class ManifestFile(TypedDict):
     path: str
     size: int
     sha256: str
+    verified: str  # how: catalog-sha256, lfs-sha256, git-blob, source-sha256 or unverified
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one file must hash to: `method` names the source, `digest` the value (a sha256,
+    or for GIT_BLOB the sha1 of b"blob SIZE\\0" + content, the hub's id of a git-kept file)."""
+
+    method: str
+    digest: str
+
+
+Expected = dict[str, Check | None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ class Pulled:
     version: str
     files: int
     bytes: int
+    unverified: tuple[str, ...] = ()  # accepted with nothing to check them against
 
 
 def pull(
@@ -71,6 +91,7 @@ def pull(
     source: Path | None = None,
     token: str | None = None,
     progress: Report | None = None,
+    trust_unverified: bool = False,
 ) -> Pulled:
     if entry.manifest.get("kind") == "embedding":  # refused before anything is downloaded
         raise PullError(
@@ -81,20 +102,25 @@ def pull(
     staging = store.root / ".partial" / f"{entry.name}-{variant.name}"
     staging.mkdir(parents=True, exist_ok=True)  # kept between attempts: downloads resume
     if source is not None:
-        folder, version, expected, origin = _from_folder(variant, source, store, staging)
+        folder, version, expected, origin = _from_folder(
+            variant, source, store, staging, trust_unverified
+        )
     else:
         folder, version, expected, origin = _from_hub(
             entry, variant, store, staging, token, progress
         )
     report = progress or (lambda line: None)
     report(PullProgress("verifying sha256 digest"))
-    files = _verify(staging, folder, expected, show=progress is None)
+    files = _verify(staging, folder, expected, trust_unverified, show=progress is None)
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # the hub client's bookkeeping
     report(PullProgress("writing manifest"))
+    if trust_unverified:
+        origin["trust_unverified"] = True
     write_manifest(staging, _manifest(entry, variant, folder, origin, files))
     path = store.install(staging, entry.name, version)
     report(PullProgress("success"))
-    return Pulled(path, version, len(files), sum(f["size"] for f in files))
+    unverified = tuple(f["path"] for f in files if f["verified"] == "unverified")
+    return Pulled(path, version, len(files), sum(f["size"] for f in files), unverified)
 
 
 def _check_disk(store: ModelStore, needed_bytes: int) -> None:
@@ -114,11 +140,12 @@ def _from_hub(
     staging: Path,
     token: str | None,
     progress: Report | None = None,
-) -> tuple[str, str, dict[str, str | None], dict[str, str]]:
+) -> tuple[str, str, Expected, dict[str, Any]]:
     if variant.repo is None:
         raise PullError(
             f"{entry.name} {variant.name} has no prebuilt ONNX build on the hub: build it with "
-            f"`edge-agent models convert {variant.convert_from} --out DIR`, then pull --from DIR"
+            f"`edge-agent models convert {variant.convert_from} --out DIR`, then pull --from "
+            f"DIR/{variant.name} --trust-unverified (your own build: no published hashes)"
         )
     from huggingface_hub import HfApi, snapshot_download  # imported late: only pulls need it
 
@@ -132,9 +159,17 @@ def _from_hub(
     if not siblings:
         raise PullError(f"{variant.repo}@{info.sha} has no folder {variant.folder!r}")
     pinned = {f.path: f.sha256 for f in variant.files}
-    expected = {
-        s.rfilename: pinned.get(s.rfilename) or (s.lfs.sha256 if s.lfs else None) for s in siblings
-    }
+    expected: Expected = {}
+    for s in siblings:
+        if pin := pinned.get(s.rfilename):
+            expected[s.rfilename] = Check("catalog-sha256", pin)
+        elif s.lfs:
+            expected[s.rfilename] = Check("lfs-sha256", s.lfs.sha256)
+        else:  # kept in git: the hub names it by its blob id
+            expected[s.rfilename] = Check(GIT_BLOB, s.blob_id) if s.blob_id else None
+    for stale in (staging / variant.folder).rglob("*"):  # left by an attempt at another commit
+        if stale.is_file() and stale.relative_to(staging).as_posix() not in expected:
+            stale.unlink()
     total = sum(s.size or 0 for s in siblings)
     with _watching(staging, expected, total, progress):
         snapshot_download(
@@ -150,14 +185,14 @@ def _from_hub(
 
 @contextlib.contextmanager
 def _watching(
-    staging: Path, expected: dict[str, str | None], total: int, progress: Report | None
+    staging: Path, expected: Expected, total: int, progress: Report | None
 ) -> Iterator[None]:
     """Report the bytes under `staging` (finished files and the hub's partial ones) every
     PROGRESS_INTERVAL_S while the download runs, then the whole once it is done."""
     if progress is None:
         yield
         return
-    listing = "".join(f"{path} {sha}\n" for path, sha in sorted(expected.items()))
+    listing = "".join(f"{path} {c and c.digest}\n" for path, c in sorted(expected.items()))
     digest = "sha256:" + hashlib.sha256(listing.encode()).hexdigest()  # names the file set
     status = f"pulling {digest[7:19]}"
     done = 0
@@ -190,29 +225,86 @@ def _watching(
 
 
 def _from_folder(
-    variant: CatalogVariant, source: Path, store: ModelStore, staging: Path
-) -> tuple[str, str, dict[str, str | None], dict[str, str]]:
+    variant: CatalogVariant, source: Path, store: ModelStore, staging: Path, trust: bool
+) -> tuple[str, str, Expected, dict[str, Any]]:
+    """Copy the folder's files, each with its sha256 from the folder's hash list (else the
+    catalog's pin); refused before copying when one has none, unless `trust`."""
     if not (source / "genai_config.json").is_file():
         raise PullError(f"{source} is not an onnxruntime-genai model folder (no genai_config.json)")
-    sources = [p for p in sorted(source.rglob("*")) if p.is_file()]
+    listed, list_path = _hash_list(source)
+    sources = [p for p in sorted(source.rglob("*")) if p.is_file() and p != list_path]
     _check_disk(store, sum(p.stat().st_size for p in sources))
+    names = {p.relative_to(source).as_posix() for p in sources}
+    if listed and (missing := sorted(set(listed) - names)):
+        raise PullError(f"{', '.join(missing)}: listed in {list_path} but not in {source}")
+    pinned = {Path(f.path).name: f.sha256 for f in variant.files if f.sha256}
     folder = variant.name
-    pinned = {Path(f.path).name: f.sha256 for f in variant.files}
-    expected: dict[str, str | None] = {}
+    expected: Expected = {}
     for path in sources:
-        relative = path.relative_to(source)
-        target = staging / folder / relative
+        relative = path.relative_to(source).as_posix()
+        if listed:
+            if relative not in listed:
+                raise PullError(f"{relative}: not in {list_path}, so it cannot be verified")
+            expected[f"{folder}/{relative}"] = Check("source-sha256", listed[relative])
+        elif path.name in pinned:
+            expected[f"{folder}/{relative}"] = Check("catalog-sha256", pinned[path.name])
+        else:
+            expected[f"{folder}/{relative}"] = None
+    if not trust and (unknown := [k for k, v in expected.items() if v is None]):
+        raise PullError(
+            f"{source} has no sha256sums or manifest.toml listing its files' sha256, and the "
+            f"catalog pins none for {len(unknown)} of them ({', '.join(unknown[:3])}...): add "
+            "one (`sha256sum genai_config.json model.onnx* tok* > sha256sums`, every file) or "
+            "pass --trust-unverified"
+        )
+    shutil.rmtree(staging / folder, ignore_errors=True)  # nothing left from an earlier attempt
+    for path in sources:
+        target = staging / folder / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
-        expected[f"{folder}/{relative}"] = pinned.get(path.name)
     version = "local-" + sha256_of(source / "genai_config.json")[:8]
     return folder, version, expected, {"path": str(source.resolve())}
 
 
+def _hash_list(source: Path) -> tuple[dict[str, str], Path | None]:
+    """The folder's own sha256 per relative path: `sha256sums` (sha256sum's output) or a
+    manifest.toml with `files` (edge-agent's own, as `models verify` reads it)."""
+    for name in HASH_LISTS:
+        path = source / name
+        if not path.is_file():
+            continue
+        if name == "manifest.toml":
+            files = tomllib.loads(path.read_text()).get("files", [])
+            listed = {f["path"]: f["sha256"] for f in files if "sha256" in f}
+        else:
+            lines = (line.split(maxsplit=1) for line in path.read_text().splitlines())
+            listed = {
+                words[1].lstrip("*").removeprefix("./"): words[0].lower()
+                for words in lines
+                if len(words) == 2
+            }
+        if listed:
+            return listed, path
+    return {}, None
+
+
+def _digests(path: Path, advance: Callable[[int], None]) -> tuple[str, str]:
+    """The file's sha256 and its git blob id, in one read."""
+    sha256 = hashlib.sha256()
+    blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # git's id, not for security
+    with path.open("rb") as file:
+        while chunk := file.read(HASH_CHUNK):
+            sha256.update(chunk)
+            blob.update(chunk)
+            advance(len(chunk))
+    return sha256.hexdigest(), blob.hexdigest()
+
+
 def _verify(
-    staging: Path, folder: str, expected: dict[str, str | None], *, show: bool = True
+    staging: Path, folder: str, expected: Expected, trust: bool, *, show: bool = True
 ) -> list[ManifestFile]:
-    """Hash every file of the variant; a mismatch deletes the file and stops the pull.
+    """Hash every file of the variant; a mismatch deletes the file and stops the pull, and
+    so does a file with nothing to check it against, unless `trust`.
     `show`: a progress bar on the terminal (the CLI), not in the daemon's log."""
     paths = sorted(p for p in (staging / folder).rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in paths)
@@ -222,15 +314,22 @@ def _verify(
         task = progress.add_task("verify", total=total)
         for path in paths:
             relative = path.relative_to(staging).as_posix()
-            digest = sha256_of(path, lambda n: progress.advance(task, n))
-            wanted = expected.get(relative)
-            if wanted is not None and digest != wanted:
+            sha256, blob = _digests(path, lambda n: progress.advance(task, n))
+            check = expected.get(relative)
+            if check is None and not trust:
+                path.unlink()
+                raise PullError(f"{relative}: no hash to check it against (the source lists none)")
+            found, kind = (
+                (blob, "git blob id") if check and check.method == GIT_BLOB else (sha256, "sha256")
+            )
+            if check is not None and found != check.digest:
                 path.unlink()
                 raise PullError(
-                    f"{relative}: sha256 {digest} is not the expected {wanted}; the file was "
-                    "deleted, pull again"
+                    f"{relative}: {kind} {found} is not the expected {check.digest}; the file "
+                    "was deleted, pull again"
                 )
-            files.append({"path": relative, "size": path.stat().st_size, "sha256": digest})
+            files.append({"path": relative, "size": path.stat().st_size, "sha256": sha256,
+                          "verified": check.method if check else "unverified"})  # fmt: skip
     if not any(f["path"].endswith("genai_config.json") for f in files):
         raise PullError(f"the variant folder {folder!r} holds no genai_config.json")
     return files
@@ -240,7 +339,7 @@ def _manifest(
     entry: CatalogEntry,
     variant: CatalogVariant,
     folder: str,
-    origin: dict[str, str],
+    origin: dict[str, Any],
     files: list[ManifestFile],
 ) -> dict[str, Any]:
     keep = ("name", "description", "hf_id", "ollama_tags", "family", "parameter_size")
