@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -47,7 +48,8 @@ class Report:
     duplicated: list[str] = field(default_factory=list)  # answered twice, unexplained
     redelivered: int = 0  # the same final again after a restart (at-least-once)
     faults: collections.Counter = field(default_factory=collections.Counter)
-    restarts: list[float] = field(default_factory=list)  # broker stops and kill -9s (monotonic)
+    # Broker restarts and kill -9s: (when it began, when it was undone), monotonic seconds
+    restarts: list[tuple[float, float]] = field(default_factory=list)
     rss_mib: tuple[float, float] = (0.0, 0.0)
     fds: tuple[int, int] = (0, 0)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -163,12 +165,46 @@ def _count_http(report: Report, status: int, reply: httpx.Response) -> None:
     report.count(report.rejected, f"http {status} {code}")
 
 
+RECONNECT_S = 10.0  # a gateway's reconnect backoff after a broker restart, at most
+
+
+class TimedDevice(Device):
+    """A device that notes when each reply arrived (the soak reads them only at the end)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._arrivals: dict[int, float] = {}
+        super().__init__(*args, **kwargs)
+        put = self.inbox.put
+
+        def timed_put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+            self._arrivals[id(item[1])] = time.monotonic()  # paho's thread, as it arrives
+            put(item, block, timeout)
+
+        self.inbox.put = timed_put  # type: ignore[method-assign]
+
+    def arrived(self, payload: dict[str, Any]) -> float:
+        return self._arrivals.get(id(payload), time.monotonic())
+
+
+def _flush(device: TimedDevice) -> list[tuple[str, dict[str, Any], bytes | None]]:
+    """The sentinel flush; while the last broker restart is still undone the device cannot
+    publish yet, and tries again (it reconnects on its own) for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return device.flush("gw-soak")
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _mqtt_traffic(
     broker: Broker, stop: threading.Event, report: Report, seed: int
 ) -> dict[str, list[dict]]:
     """Publish requests until `stop`, then wait for every answer; returns replies by id."""
     rng = random.Random(seed)
-    device = Device(broker, persistent=True)
+    device = TimedDevice(broker, persistent=True)
     sent: list[str] = []
     while not stop.is_set():
         body = {**ASK, "max_tokens": rng.randint(4, 48), "stream": rng.random() < 0.3}
@@ -190,14 +226,14 @@ def _mqtt_traffic(
         if item is None:
             continue
         key = item[2].decode() if item[2] is not None else item[1].get("id")
-        replies[key].append((time.monotonic(), item[1]))
+        replies[key].append((device.arrived(item[1]), item[1]))
         if item[1].get("type") in ANSWERS:
             pending.discard(key)
     try:  # the grace period: answers published after the last final still count
-        for _, payload, corr in device.flush("gw-soak"):
+        for _, payload, corr in _flush(device):
             key = corr.decode() if corr is not None else payload.get("id")
-            replies[key].append((time.monotonic(), payload))
-    except AssertionError as exc:
+            replies[key].append((device.arrived(payload), payload))
+    except (AssertionError, RuntimeError) as exc:
         report.lost.append(f"mqtt sentinel: {exc}")
     for correlation in sent:
         _settle(report, correlation, replies.get(correlation, []))
@@ -208,9 +244,12 @@ def _settle(report: Report, correlation: str, replies: list[tuple[float, dict]])
     """Exactly one answer (final or rejected) per request, from every reply and when it
     arrived. MQTT is at-least-once: after a broker restart or a kill -9 the request or its
     final is redelivered and the same final arrives again (a device keeps the first); that
-    counts as redelivered when a restart fell between the two copies (from a second before
-    the first: a kill -9 leaves a final already on the broker). Anything else is duplicated:
-    a final after `rejected`, two different answers (it ran twice), or an unexplained repeat."""
+    counts as redelivered when a restart overlaps the time between the two copies (from a
+    second before the first, as a kill -9 leaves a final already on the broker, and until
+    the gateway has reconnected after the restart was undone, as paho then sends the final
+    it held while the broker was away and the broker redelivers the request). Anything else
+    is duplicated: a final after `rejected`, two different answers (it ran twice), or an
+    unexplained repeat."""
     answers = [(at, reply) for at, reply in replies if reply.get("type") in ANSWERS]
     if not answers:
         report.lost.append(f"mqtt {correlation}: no final")
@@ -219,7 +258,10 @@ def _settle(report: Report, correlation: str, replies: list[tuple[float, dict]])
         if again != final:
             what = "after rejected" if final["type"] == "rejected" else "a different answer"
             report.duplicated.append(f"mqtt {correlation}: {again['type']} {what}")
-        elif any(first_at - 1.0 <= restart <= at for restart in report.restarts):
+        elif any(
+            began <= at and first_at - 1.0 <= undone + RECONNECT_S
+            for began, undone in report.restarts
+        ):
             report.redelivered += 1
         else:
             report.duplicated.append(f"mqtt {correlation}: the same final twice, no restart")
@@ -245,10 +287,11 @@ def _faults(
             return
         report.count(report.faults, fault)
         if fault == "broker":
-            report.restarts.append(time.monotonic())
+            began = time.monotonic()
             broker.stop()
             time.sleep(1.0)
             broker.start()
+            report.restarts.append((began, time.monotonic()))
         elif fault == "cloud":
             cloud[0].process.kill()
             cloud[0].process.wait(10)
@@ -259,8 +302,9 @@ def _faults(
         elif fault == "sighup":
             gateway.daemon.process.send_signal(signal.SIGHUP)
         else:
-            report.restarts.append(time.monotonic())
+            began = time.monotonic()
             gateway.kill_and_restart()
+            report.restarts.append((began, time.monotonic()))
 
 
 def _memory_pressure(seconds: float) -> None:

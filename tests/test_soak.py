@@ -35,7 +35,7 @@ def test_the_soak_counts_every_answer_per_request() -> None:
     finals, or the same final twice with no broker restart or kill -9 between the copies."""
     final = {"type": "final", "text": "ok", "finish_reason": "stop"}
     rejected = {"type": "rejected", "code": "server_busy", "message": "busy"}
-    report = Report(restarts=[10.0])
+    report = Report(restarts=[(10.0, 11.0)])
     _settle(report, "ok", [(1.0, {"type": "accepted"}), (2.0, final)])
     _settle(report, "redelivered", [(9.5, final), (12.0, final)])  # a restart at 10 between
     assert not report.duplicated and report.redelivered == 1 and report.answered["mqtt"] == 2
