@@ -193,3 +193,34 @@ def test_a_vanishing_temperature_decodes_greedily(client: openai.OpenAI) -> None
     greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
     tiny = chat(client, max_tokens=8, temperature=2e-220, top_p=0.5, extra_body={"top_k": 5})
     assert tiny.choices[0].message.content == greedy
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"messages": [{"role": "user", "content": "\\udb2a hi"}], "max_tokens": 2}',
+        '{"messages": [{"role": "user", "content": "hi", "name": "\\udb2a"}], "max_tokens": 2}',
+        '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "tools": [{"type":'
+        ' "function", "function": {"name": "a", "description": "\\udb2a"}}]}',
+    ],
+)
+def test_a_lone_surrogate_anywhere_is_a_400_not_a_500(daemon: Daemon, body: str) -> None:
+    """Found by the fuzz: JSON escapes can make a lone UTF-16 surrogate, which no chat
+    template or tokenizer can encode."""
+    reply = httpx.post(f"{daemon.url}/v1/chat/completions", content=body.encode(),
+                       headers={"content-type": "application/json"})  # fmt: skip
+    assert reply.status_code == 400 and "surrogate" in reply.json()["error"]["message"]
+
+
+def test_call_arguments_that_are_not_finite_json_go_to_the_template_as_text(
+    client: openai.OpenAI,
+) -> None:
+    """Found by the fuzz: `Infinity` parses in Python but is no JSON for the template."""
+    history = [
+        {"role": "user", "content": "Area?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "area", "arguments": '{"r": Infinity, "s": 1e999}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "inf"},
+    ]  # fmt: skip
+    reply = client.chat.completions.create(model="tiny", messages=history, max_tokens=2)
+    assert reply.choices[0].finish_reason == "length"

@@ -85,6 +85,12 @@ def _error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
+def _encodable(text: str) -> str:
+    """Messages quote what the client sent; a lone surrogate from a JSON `\\udXXX` escape
+    cannot be encoded as UTF-8 and would turn the refusal into a 500."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def error_for_path(
     path: str,
     error: EngineError,
@@ -95,12 +101,12 @@ def error_for_path(
     headers = dict(headers or {})
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
+    message, param = _encodable(error.message), error.param and _encodable(error.param)
     if path.startswith("/api/"):
-        body = ErrorReply(error=error.message).wire()
+        body = ErrorReply(error=message).wire()
     else:
-        detail = ErrorDetail(
-            message=error.message, type=_error_type(status), param=error.param, code=error.code
-        )
+        detail = ErrorDetail(message=message, type=_error_type(status), param=param,
+                             code=error.code)  # fmt: skip
         body = ErrorResponse(error=detail).wire()
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -145,11 +145,15 @@ def _message_dict(message: Message) -> dict[str, Any]:
 
 
 def _json_or_text(arguments: str) -> Any:
-    """Chat templates expect arguments as an object; OpenAI clients send JSON text."""
+    """Chat templates expect arguments as an object; OpenAI clients send JSON text. Text
+    that parses to NaN or an infinity (`Infinity`, `1e999`) stays text: written back it
+    would not be JSON, and the template's parser refuses it."""
     try:
-        return json.loads(arguments)
-    except json.JSONDecodeError:
+        value = json.loads(arguments)
+        json.dumps(value, allow_nan=False)
+    except ValueError:
         return arguments
+    return value
 
 
 # ---- guidance ---------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import structlog
 from paho.mqtt.client import MQTTMessageInfo
@@ -24,7 +23,7 @@ from agent import __version__
 from agent.engine.reply import ReplyReader
 from agent.engine.types import EngineError, ErrorCode
 from agent.mqtt.commands import CommandChannel
-from agent.mqtt.connection import BrokerAddress, Connection, Received
+from agent.mqtt.connection import Ack, BrokerAddress, Connection, Payload, Received
 from agent.mqtt.topics import Topics
 from agent.protocol.fields import WireModel
 from agent.protocol.mqtt import (
@@ -43,8 +42,6 @@ from agent.settings import MqttSettings
 from agent.state.finals import Entry, FinalsSpool
 
 log = structlog.get_logger(__name__)
-Payload = dict[str, Any]
-Ack = tuple[int, int]  # an inbound message's (mid, qos)
 
 
 @dataclass

@@ -11,12 +11,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
 from agent.engine.types import EngineError, ErrorCode
-from agent.mqtt.connection import Connection, Received
+from agent.mqtt.connection import Ack, Connection, Payload, Received
 from agent.mqtt.topics import Topics
 from agent.protocol.commands import (
     CommandFailed,
@@ -30,8 +29,6 @@ from agent.routing.port import Gateway
 from agent.settings import MqttSettings
 
 log = structlog.get_logger(__name__)
-Payload = dict[str, Any]
-Ack = tuple[int, int]
 GATEWAY_COMMANDS = frozenset({"drain", "resume", "reload", "update_model", "rollback"})
 COMMANDS = GATEWAY_COMMANDS | {"rebirth"}
 PROGRESS_INTERVAL_S = 1.0

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 JSON = "application/json"
+Payload = dict[str, Any]  # a JSON object as published or received
+Ack = tuple[int, int]  # an inbound message's (mid, qos), acknowledged later
 
 
 @dataclass(frozen=True)

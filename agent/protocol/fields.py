@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.engine.types import EngineError, ErrorCode, ResponseFormat
+
 Temperature = Annotated[
     float, Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 decodes greedily")
 ]
@@ -37,3 +39,19 @@ class WireModel(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The JSON object to send."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def output_format(kind: str, schema: dict[str, Any] | None, param: str) -> ResponseFormat | None:
+    """A requested output format (`text`, `json_object`, `json_schema` + schema) as the
+    internal one; both OpenAI shapes (chat `response_format`, Responses `text.format`)."""
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object")
+    if schema is None:
+        raise EngineError(
+            ErrorCode.INVALID_REQUEST,
+            f"{param} needs a schema when type is json_schema",
+            param=param,
+        )
+    return ResponseFormat("json_schema", schema)

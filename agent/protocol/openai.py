@@ -29,6 +29,7 @@ from agent.protocol.fields import (
     TopP,
     WireModel,
     omitted_when_none,
+    output_format,
 )
 
 # ---- requests ---------------------------------------------------------------------------
@@ -105,17 +106,8 @@ class ResponseFormatIn(BaseModel):
     json_schema: JsonSchemaIn | None = None
 
     def to_internal(self) -> ResponseFormat | None:
-        if self.type == "text":
-            return None
-        if self.type == "json_object":
-            return ResponseFormat("json_object")
-        if self.json_schema is None:
-            raise EngineError(
-                ErrorCode.INVALID_REQUEST,
-                "response_format.json_schema is required when type is json_schema",
-                param="response_format",
-            )
-        return ResponseFormat("json_schema", self.json_schema.schema_)
+        schema = self.json_schema.schema_ if self.json_schema else None
+        return output_format(self.type, schema, "response_format")
 
 
 class StreamOptions(BaseModel):

@@ -24,7 +24,14 @@ from agent.engine.types import (
     ToolCall,
     ToolChoice,
 )
-from agent.protocol.fields import MaxTokens, Temperature, TopP, WireModel, omitted_when_none
+from agent.protocol.fields import (
+    MaxTokens,
+    Temperature,
+    TopP,
+    WireModel,
+    omitted_when_none,
+    output_format,
+)
 
 # ---- requests ---------------------------------------------------------------------------
 
@@ -100,17 +107,7 @@ class TextFormatIn(BaseModel):
     strict: bool | None = None
 
     def to_internal(self) -> ResponseFormat | None:
-        if self.type == "text":
-            return None
-        if self.type == "json_object":
-            return ResponseFormat("json_object")
-        if self.schema_ is None:
-            raise EngineError(
-                ErrorCode.INVALID_REQUEST,
-                "text.format.schema is required when type is json_schema",
-                param="text.format.schema",
-            )
-        return ResponseFormat("json_schema", self.schema_)
+        return output_format(self.type, self.schema_, "text.format.schema")
 
 
 class TextConfigIn(BaseModel):

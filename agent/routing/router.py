@@ -13,9 +13,10 @@ cloud endpoint's first-token wait or stream).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import structlog
@@ -108,6 +109,14 @@ class Router:
                 f"max_tokens {wanted} exceeds max_completion_tokens ({cap})",
                 param="max_tokens",
             )
+        try:  # JSON can carry a lone surrogate (`\ud800`) in any string; nothing downstream
+            # (template, tokenizer, upstream) can encode it
+            json.dumps(asdict(request), ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                "A string in the request holds a lone UTF-16 surrogate, which is not Unicode text",
+            ) from None
 
     def swap_local(self, new: LocalBackend, names: ModelNames) -> Coroutine[None, None, None]:
         """The hot swap of the local model: new requests go to `new` (under `names`) at
