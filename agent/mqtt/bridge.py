@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from paho.mqtt.client import MQTTMessageInfo
 from agent import __version__
 from agent.engine.reply import ReplyReader
 from agent.engine.types import EngineError, ErrorCode
+from agent.mqtt.answered import AnsweredFinals
 from agent.mqtt.commands import CommandChannel
 from agent.mqtt.connection import Ack, BrokerAddress, Connection, Payload, Received
 from agent.mqtt.topics import Topics
@@ -70,7 +70,7 @@ class MqttBridge:
         self.state = "init"
         self._ready = asyncio.Event()
         self._inflight: dict[str, _InFlight] = {}
-        self._finals: OrderedDict[str, tuple[float, ReplyRoute, Payload]] = OrderedDict()
+        self._finals = AnsweredFinals(settings.dedupe_ttl_s)
         self._spooling: dict[str, Entry] = {}  # finals queued for the spool, not yet on disk
         self.spool = FinalsSpool(state_dir / f"mqtt-finals-{device_id}.jsonl")
         for entry in self.spool.load():  # finals given before a crash or restart
@@ -81,7 +81,7 @@ class MqttBridge:
                 else None,
                 entry["route"]["request_id"],
             )
-            self._finals[entry["key"]] = (entry["expires"], route, entry["payload"])
+            self._finals.add(entry["key"], route, entry["payload"], entry["expires"])
         self._tasks: set[asyncio.Task[None]] = set()
         self.connection: Connection | None = None
         self.draining = False
@@ -345,24 +345,21 @@ class MqttBridge:
         """Spool the final, then publish it and acknowledge the request (and any
         redelivery of it that arrived meanwhile, which the in-flight entry collects)."""
         payload = reply.wire()
-        now = time.time()
-        expires = now + self.settings.dedupe_ttl_s
+        expires = self._finals.expiry()
         # On disk before it is published: a crash between the two is answered from here.
         spooled = self._spooling[key] = _entry(key, expires, route, payload)
         try:
             await self.spool.save(spooled)
         finally:
             del self._spooling[key]
-        self._finals[key] = (expires, route, payload)
+        self._finals.add(key, route, payload, expires)
         entry = self._inflight.pop(key, None)
         for timer in entry.timers if entry else ():
             timer.cancel()
         self._publish(route, payload, entry.acks if entry else [])
-        while self._finals and next(iter(self._finals.values()))[0] < now:
-            self._finals.popitem(last=False)
         if self.spool.compaction_due(len(self._finals)):
             # Finals still queued for the spool are kept: the rewrite runs after their save.
-            live = [_entry(k, e, r, p) for k, (e, r, p) in self._finals.items()]
+            live = [_entry(k, e, r, p) for k, e, r, p in self._finals]
             await self.spool.rewrite([*live, *self._spooling.values()])
 
     def _replay(self, key: str, inbound: Ack) -> bool:
@@ -372,8 +369,8 @@ class MqttBridge:
             entry.acks.append(inbound)
             return True
         cached = self._finals.get(key)
-        if cached is not None and cached[0] > time.time():
-            self._publish(cached[1], cached[2], [inbound])
+        if cached is not None:
+            self._publish(*cached, [inbound])
             return True
         return False
 

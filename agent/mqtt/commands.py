@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from agent.engine.types import EngineError, ErrorCode
+from agent.mqtt.answered import AnsweredFinals
 from agent.mqtt.connection import Ack, Connection, Payload, Received
 from agent.mqtt.topics import Topics
 from agent.protocol.commands import (
@@ -56,7 +56,7 @@ class CommandChannel:
         self.settings = settings
         self._rebirth = rebirth  # republishes the retained status
         self._running: dict[str, _Running] = {}
-        self._finals: OrderedDict[str, tuple[float, ReplyRoute, Payload]] = OrderedDict()
+        self._finals = AnsweredFinals(settings.dedupe_ttl_s)
 
     def handles(self, topic: str) -> bool:
         return self.topics.is_command(topic) or topic == self.topics.config_desired
@@ -150,10 +150,7 @@ class CommandChannel:
         outcome = "ok" if final.ok else f"failed: {final.error}"
         log.info("mqtt command", command=name, id=_shown_id(route), outcome=outcome)
         payload = final.wire()
-        now = time.time()
-        self._finals[key] = (now + self.settings.dedupe_ttl_s, route, payload)
-        while self._finals and next(iter(self._finals.values()))[0] < now:
-            self._finals.popitem(last=False)
+        self._finals.add(key, route, payload, self._finals.expiry())
         running = self._running.pop(key, None)
         self._publish(route, payload, running.acks if running else [])
 
@@ -174,8 +171,8 @@ class CommandChannel:
             running.acks.append(inbound)
             return True
         cached = self._finals.get(key)
-        if cached is not None and cached[0] > time.time():
-            self._publish(cached[1], cached[2], [inbound])
+        if cached is not None:
+            self._publish(*cached, [inbound])
             return True
         return False
 
