@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint bench bench-peers model real-model check-arm64
+.PHONY: setup run test lint bench bench-peers model real-model upstream check-arm64
 
 $(BIN)/edge-agent: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ setup: $(BIN)/edge-agent
 run: setup
 	$(BIN)/edge-agent serve $(ARGS)
 
-test: setup real-model
+test: setup real-model upstream
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -43,13 +43,27 @@ $(REAL_MODEL): scripts/build_real_model.py agent/models/gguf_import.py \
 	$(BUILD_BIN)/python scripts/build_real_model.py --out models/real
 real-model: $(REAL_MODEL)
 
+# A real OpenAI-compatible upstream for the cloud-fallback tests (tests/upstream): llama.cpp's
+# server from llama-cpp-python, compiled once into its own venv (about 9 minutes on 2 cores),
+# never a dependency of the daemon. Its native build can crash with SIGILL on CPUs with AMX,
+# so those get an explicit ISA list.
+LLAMA_AMX_SAFE := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
+UPSTREAM_BIN := .venv-upstream/bin
+$(UPSTREAM_BIN)/llama-server-ready:
+	$(PYTHON) -m venv .venv-upstream
+	$(UPSTREAM_BIN)/pip install --quiet --upgrade pip
+	if grep -qw amx_tile /proc/cpuinfo; then export CMAKE_ARGS="$(LLAMA_AMX_SAFE)"; fi; \
+		$(UPSTREAM_BIN)/pip install --quiet --no-cache-dir "$(LLAMA_CPP_PYTHON)"
+	$(UPSTREAM_BIN)/python -c "import llama_cpp.server"
+	touch $@
+upstream: $(UPSTREAM_BIN)/llama-server-ready
+
 bench: setup
 	$(BIN)/python scripts/bench/local.py
 
-# The peer benchmark (scripts/bench/RESULTS.md): llama-cpp-python is compiled here. Its
-# native build can crash with SIGILL on CPUs with AMX, so those get an explicit ISA list.
-LLAMA_AMX_SAFE := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
-	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+# The peer benchmark (scripts/bench/RESULTS.md): llama-cpp-python is compiled here.
 bench-peers: setup
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
 		if grep -qw amx_tile /proc/cpuinfo; then export CMAKE_ARGS="$(LLAMA_AMX_SAFE)"; fi; \

@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     model_convert.add_argument("--prune-lm-head", action="store_true")
     model_convert.add_argument(
+        "--compact", action="store_true", help="tied embedding as int4 (variant *-compact)"
+    )
+    model_convert.add_argument(
         "--block-size", type=int, default=32, choices=[16, 32, 64, 128, 256], help="int4 block"
     )
     model_convert.add_argument("--python", default=sys.executable, help="with torch installed")
@@ -266,6 +269,7 @@ def _status(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     from agent.engine.detect_report import report
 
+    log.configure("warning")  # on stderr: `--json` keeps stdout to itself
     model = args.model or load_settings().model_dir
     print(report(args.root, model, as_json=args.json))
     return 0

@@ -21,7 +21,8 @@ def models_command(args: argparse.Namespace) -> int:
 
     if args.models_command == "convert":
         plan = ConvertPlan(args.source, args.out, args.precision, args.provider,
-                           args.prune_lm_head, args.python, block_size=args.block_size)  # fmt: skip
+                           args.prune_lm_head, args.python, block_size=args.block_size,
+                           compact=args.compact)  # fmt: skip
         try:
             print(f"converted into {convert(plan, args.name)}")
         except ConvertError as exc:
@@ -43,7 +44,8 @@ def models_command(args: argparse.Namespace) -> int:
             variant = entry.variant(args.variant, _best_provider(settings, entry))
             token = args.token_file.read_text().strip() if args.token_file else None
             pulled = pull(entry, variant, store, source=args.source, token=token,
-                          trust_unverified=args.trust_unverified)  # fmt: skip
+                          trust_unverified=args.trust_unverified,
+                          hardware_root=settings.governor.hardware_root)  # fmt: skip
             if pulled.unverified:
                 print(f"edge-agent: WARNING: {len(pulled.unverified)} files NOT verified "
                       f"(--trust-unverified, recorded in the manifest): "
@@ -107,13 +109,17 @@ def _best_provider(settings: Settings, entry: CatalogEntry) -> str | None:
 
 
 def _print_models(entries: dict[str, CatalogEntry], store: ModelStore) -> None:
+    from agent.models.fit import variant_line
+
     installed = {m.name: m for m in store.installed()}
     print(f"{'name':<26}{'variants':<28}{'installed':<16}description")
     for name, entry in entries.items():
         model = installed.pop(name, None)
         state = "-" if model is None else model.version + (" (active)" if model.active else "")
         variants = ",".join(v.name for v in entry.variants)
-        print(f"{name:<26}{variants:<28}{state:<16}{entry.description}")
+        print(f"{name:<26}{variants:<27} {state:<16}{entry.description}")
+        for variant in entry.variants:
+            print(variant_line(store.root, entry, variant))
     for name, model in installed.items():  # installed, not (or no longer) in the catalog
         state = model.version + (" (active)" if model.active else "")
         print(f"{name:<26}{'-':<28}{state:<16}{model.manifest.get('description', '')}")

@@ -14,6 +14,7 @@ import structlog
 from prometheus_client import generate_latest
 
 from agent import __version__
+from agent.engine.calibration import Calibration
 from agent.engine.embedder import EmbeddingModel, Embeddings
 from agent.engine.local import LocalEngine
 from agent.engine.select import select
@@ -124,6 +125,7 @@ class Service:
 
     def _build_engine(self, model: Path) -> LocalEngine:
         settings = self.settings
+        threads = settings.engine.intra_op_num_threads or self.hardware.usable_cores
         self.selection = select(
             model,
             settings.models.model_variant,
@@ -132,11 +134,12 @@ class Service:
             settings.engine.provider_options,
             self.hardware,
             Installed.probe(),
+            Calibration(settings.state_dir, settings.engine.provider_objective, threads),
         )
         return LocalEngine(
             self.selection.plans,
             settings.engine,
-            threads=settings.engine.intra_op_num_threads or self.hardware.usable_cores,
+            threads=threads,
             available_memory=self._memory_for_model,
             on_failure=self._engine_failed,
         )
@@ -181,7 +184,7 @@ class Service:
         it. Requests already admitted to the old model (or still being admitted) finish
         there; then it is unloaded."""
         log.info("model switch", model=str(model.resolve()))
-        new = self._build_engine(model)
+        new = await asyncio.to_thread(self._build_engine, model)  # `auto` may calibrate
         await new.start()
         try:
             if check is not None:
@@ -341,7 +344,7 @@ class Service:
             "device_id": self.settings.device_id,
             "state": self.readiness().state,
             "uptime_s": round(time.time() - self.started_at, 1),
-            **local_status(self.engine, self.names),
+            **local_status(self.engine, self.names, self.selection),
             "embedding_model": self.embedding.describe(),
             "hardware": self.hardware.to_dict(),
             "routing": routing_status(self.router, self.governor, self.cloud, self.metrics),

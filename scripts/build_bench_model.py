@@ -14,9 +14,17 @@ serves: onnxruntime-genai 0.18's static CPU og.Engine cannot run pruned logits) 
 only). `--block-size` sets the int4 block (32 by default, like llama.cpp's Q4_0; other
 sizes go to a `-bs{N}` folder). The Hugging Face folder is kept in `hf/` for other
 converters (GGUF for llama.cpp).
+
+`--variants` picks the builds. Two more compare the layouts of a tied model such as
+Phi-4-mini: `cpu-int4-compact` (the builder's default for a tied model: one int4 matrix is
+both the embedding and the LM head) and `cpu-int4-fp32-embed` (`shared_embeddings=false`:
+Microsoft's prebuilt layout, an fp32 input embedding plus a separate int4 LM head).
+`--dtype bfloat16` makes and saves the random weights in bf16: Phi-4-mini at full depth
+(3.8B parameters) is 15 GB in fp32, too much for a 24 GB machine that also runs the builder.
 Needs the build tools (torch==2.13.0, transformers, tokenizers, onnx, onnx_ir).
 Usage: python scripts/build_bench_model.py [--shape bench|phi4-mini] [--layers N]
                                            [--block-size 32] [--out DIR]
+                                           [--variants cpu-int4,...] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -38,17 +46,25 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-VARIANTS = {"cpu-int4": (), "cpu-int4-pruned": ("prune_lm_head=true",)}
+VARIANTS = {
+    "cpu-int4": (),
+    "cpu-int4-pruned": ("prune_lm_head=true",),
+    "cpu-int4-compact": ("shared_embeddings=true",),
+    "cpu-int4-fp32-embed": ("shared_embeddings=false",),
+}
+DEFAULT_VARIANTS = "cpu-int4,cpu-int4-pruned"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MANIFEST = """\
 name = "{name}"
 description = "Random-weight {shape} model for benchmarks (scripts/build_bench_model.py)"
 context_length = 4096
-
+"""
+VARIANT_ENTRY = """
 [[variants]]
-name = "cpu-int4"
+name = "{variant}"
 provider = "cpu"
 precision = "int4"
-path = "cpu-int4"
+path = "{variant}"
 """
 
 
@@ -137,7 +153,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, help="decoder layers (default: the shape's)")
     parser.add_argument("--block-size", type=int, default=32, choices=(16, 32, 64, 128, 256))
     parser.add_argument("--out", type=Path, help="default models/bench[-phi4-mini-L{layers}]")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     vocab_size, default_layers, make_model = SHAPES[args.shape]
     layers = args.layers or default_layers
     out = args.out or default_folder(args.shape, args.layers, args.block_size)
@@ -146,15 +167,20 @@ def main() -> None:
     if not (hf_dir / "config.json").is_file():
         fast = tokenizer(vocab_size)
         torch.manual_seed(0)
+        torch.set_default_dtype(DTYPES[args.dtype])
         make_model(fast, layers).save_pretrained(hf_dir, safe_serialization=True)
+        torch.set_default_dtype(torch.float32)
         fast.save_pretrained(hf_dir)
-    for variant, options in VARIANTS.items():
+    for variant in variants:
+        options = VARIANTS[variant]
         if (out / variant / "genai_config.json").is_file():
             continue
         with tempfile.TemporaryDirectory() as cache:
             block = (f"block_size={args.block_size}",)
             run_builder(hf_dir, out / variant, "int4", Path(cache), options + block)
-    (out / "manifest.toml").write_text(MANIFEST.format(name=out.name, shape=args.shape))
+    built = [v for v in VARIANTS if (out / v / "genai_config.json").is_file()]
+    entries = "".join(VARIANT_ENTRY.format(variant=v) for v in built)
+    (out / "manifest.toml").write_text(MANIFEST.format(name=out.name, shape=args.shape) + entries)
     print(f"built {out}", file=sys.stderr)
 
 

@@ -41,8 +41,8 @@ install_agent() {
   # The code (not the build venvs, caches or local models) in src/, a new copy each time.
   rm -rf "$PREFIX/src"
   mkdir -p "$PREFIX/src"
-  tar -C "$REPO" --exclude=./.venv --exclude=./.venv-build --exclude=./.git \
-      --exclude=./models/bench --exclude='__pycache__' --exclude='*.egg-info' \
+  tar -C "$REPO" --exclude='./.venv*' --exclude=./.git --exclude=./models \
+      --exclude='__pycache__' --exclude='*.egg-info' \
       --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . | tar -C "$PREFIX/src" -xf -
   [ -x "$PREFIX/.venv/bin/python" ] || "$PYTHON" -m venv "$PREFIX/.venv"
   # shellcheck disable=SC2086  # PIP_OPTIONS is a list of options

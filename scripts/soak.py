@@ -1,14 +1,26 @@
 """Soak under faults: mixed HTTP and MQTT traffic (streaming, cancels) against a gateway
-with a cloud endpoint, while the broker restarts, the cloud endpoint is killed and comes
-back, memory pressure comes and goes, SIGHUP asks for a reload, and the gateway itself is
-killed with kill -9 and restarted (same state directory and MQTT session). At the end it counts
-what was sent, answered, rejected (with reasons), cancelled, lost (must be 0) and
-duplicated (must be 0), and the gateway's RSS and file-descriptor growth. One table.
-The MQTT device keeps listening after the last final (until the answer to a sentinel
-request) and counts every answer per request: a second answer fails unless it repeats the
-first after a broker restart or kill -9 (MQTT's at-least-once redelivery).
+with a cloud endpoint. Two segments, one table each:
 
-Usage: python scripts/soak.py [--duration-s 300] [--fault-every-s 4]   (CI: 24 s, every 2.5 s)
+- steady: one gateway process, never killed, while the broker restarts, the cloud endpoint
+  is killed and comes back and memory pressure comes and goes. Once each of these faults
+  has run (first uses are not leaks), its RSS and open fds are sampled every few seconds
+  for --steady-s; the least squares slope of each against requests
+  served (KiB and fds per 1000 requests) fails the soak above its limit (soak_report.py).
+- faults: the same, plus SIGHUP after the model pointer moves (between the bundled tiny
+  model and SmolLM2-135M-Instruct: the switch must show in /v1/agent/status and in a reply)
+  and kill -9 of the gateway, restarted on the same port, state directory and MQTT session.
+  One row per kill: the HTTP requests in flight at the kill (the only ones it may cut), how
+  long until /ready answered again, and the failures among the requests sent after it
+  (HTTP clients wait for /ready before sending): there must be none.
+
+At the end it counts what was sent, answered, rejected (with reasons), cancelled, cut, lost
+(must be 0) and duplicated (must be 0). The MQTT device keeps listening after the last final
+(until the answer to a sentinel request) and counts every answer per request: a second
+answer fails unless it repeats the first after a broker restart or kill -9 (MQTT's
+at-least-once redelivery).
+
+Usage: python scripts/soak.py [--duration-s 300] [--steady-s 150] [--fault-every-s 4]
+(CI, tests/test_soak.py: 75 s, 22 s of them sampled steady, a fault every 2.5 s)
 """
 
 from __future__ import annotations
@@ -17,12 +29,10 @@ import argparse
 import collections
 import itertools
 import random
-import signal
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,155 +42,117 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from soak_gateway import Gateway, install_models  # noqa: E402
+from soak_report import Report, floor, leak_verdict, sample  # noqa: E402
+
 from tests.conftest import Daemon, start_daemon  # noqa: E402  (the repo's own fixtures)
 from tests.mqtt_support import ANSWERS, Broker, Device, free_port  # noqa: E402
 
-ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Status of pump 4?"}]}
-
-
-@dataclass
-class Report:
-    sent: collections.Counter = field(default_factory=collections.Counter)
-    answered: collections.Counter = field(default_factory=collections.Counter)
-    cancelled: collections.Counter = field(default_factory=collections.Counter)
-    rejected: collections.Counter = field(default_factory=collections.Counter)  # by reason
-    lost: list[str] = field(default_factory=list)
-    duplicated: list[str] = field(default_factory=list)  # answered twice, unexplained
-    redelivered: int = 0  # the same final again after a restart (at-least-once)
-    faults: collections.Counter = field(default_factory=collections.Counter)
-    # Broker restarts and kill -9s: (when it began, when it was undone), monotonic seconds
-    restarts: list[tuple[float, float]] = field(default_factory=list)
-    rss_mib: tuple[float, float] = (0.0, 0.0)
-    fds: tuple[int, int] = (0, 0)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, bucket: collections.Counter, key: str) -> None:
-        with self.lock:
-            bucket[key] += 1
-
-    def table(self) -> str:
-        rows = [
-            ("requests sent", f"http {self.sent['http']}, mqtt {self.sent['mqtt']}"),
-            ("answered", f"http {self.answered['http']}, mqtt {self.answered['mqtt']}"),
-            ("cancelled by the client", f"http {self.cancelled['http']}, "
-                                        f"mqtt {self.cancelled['mqtt']}"),
-            ("rejected, by reason", ", ".join(f"{k} {v}" for k, v in self.rejected.items())
-             or "none"),
-            ("lost", str(len(self.lost))),
-            ("duplicated (answered twice)", str(len(self.duplicated))),
-            ("finals redelivered unchanged", str(self.redelivered)),
-            ("faults", ", ".join(f"{k} {v}" for k, v in self.faults.items())),
-            ("gateway RSS MiB (its process warmed up -> end)", f"{self.rss_mib[0]:.0f} -> "
-                                                       f"{self.rss_mib[1]:.0f}"),
-            ("gateway open fds (its process warmed up -> end)", f"{self.fds[0]} -> {self.fds[1]}"),
-        ]  # fmt: skip
-        width = max(len(r[0]) for r in rows)
-        return "\n".join(
-            ["| what | count |", "| --- | --- |"]
-            + [f"| {name:<{width}} | {value} |" for name, value in rows]
-        )
-
-
-@dataclass
-class Gateway:
-    """The gateway under test. A kill -9 replaces its process: same port, same state
-    directory, same MQTT session, as systemd's Restart= would bring it back."""
-
-    flags: tuple[str, ...]
-    daemon: Daemon = field(init=False)
-    killed_at: float = -1e9
-    baseline: tuple[int, int] = (0, 0)  # RSS and fds of the current process, warmed up
-
-    def __post_init__(self) -> None:
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return self.daemon.url
-
-    def start(self) -> None:
-        self.daemon = start_daemon(*self.flags)
-        warm = httpx.post(f"{self.url}/v1/chat/completions", json={**ASK, "max_tokens": 4})
-        warm.raise_for_status()
-        process = psutil.Process(self.daemon.process.pid)
-        self.baseline = (process.memory_info().rss, process.num_fds())
-
-    def kill_and_restart(self) -> None:
-        self.killed_at = time.monotonic()
-        self.daemon.process.kill()
-        self.daemon.process.wait(10)
-        self.start()
-
-    def cut_by_kill(self) -> bool:
-        return time.monotonic() - self.killed_at < 15
+# No model named: whichever model the pointer serves answers (and the switch shows in replies)
+ASK = {"messages": [{"role": "user", "content": "Status of pump 4?"}]}
+STEADY_FAULTS = ("broker", "cloud", "memory")  # none of them touches the gateway's process
+# SIGHUP twice a round: the gateway restarted by the kill between them must come back on the
+# model the pointer names, and the next SIGHUP switches back.
+ALL_FAULTS = ("sighup", "kill -9", "broker", "sighup", "cloud", "memory")
 
 
 def _http_worker(gateway: Gateway, stop: threading.Event, report: Report, seed: int) -> None:
     rng = random.Random(seed)
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        while not stop.is_set():
+    with httpx.Client(timeout=60) as client:
+        while (ticket := gateway.admit(stop)) is not None:
+            sent_at = time.monotonic()
             report.count(report.sent, "http")
-            body = {**ASK, "max_tokens": rng.randint(4, 64), "temperature": 0.7}
-            route = rng.choice(["prefer_local", "prefer_local", "local_only", "prefer_cloud"])
-            headers = {"X-Edge-Route": route}
             try:
-                if rng.random() < 0.5:
-                    reply = client.post("/v1/chat/completions", json=body, headers=headers)
-                    _count_http(report, reply.status_code, reply)
-                    continue
-                streaming = {**body, "stream": True}
-                with client.stream(
-                    "POST", "/v1/chat/completions", json=streaming, headers=headers
-                ) as streamed:
-                    if streamed.status_code != 200:
-                        streamed.read()
-                        _count_http(report, streamed.status_code, streamed)
-                        continue
-                    cancel_after = rng.randint(1, 8) if rng.random() < 0.2 else None
-                    for number, line in enumerate(streamed.iter_lines()):
-                        if cancel_after is not None and number >= cancel_after:
-                            report.count(report.cancelled, "http")
-                            break
-                        if line == "data: [DONE]":
-                            report.count(report.answered, "http")
-                            break
-                    else:
-                        report.lost.append("http stream ended without [DONE]")
+                failure = _http_request(client, gateway.url, rng, report)
             except httpx.HTTPError as exc:
-                if gateway.cut_by_kill():  # HTTP has no redelivery: the client sees it fail
-                    report.count(report.rejected, "http connection cut by kill -9")
-                    time.sleep(0.2)  # as a client would, before trying again
-                else:
-                    report.lost.append(f"http {type(exc).__name__}: {exc}")
+                failure = f"http {type(exc).__name__}: {exc}"
+            finally:
+                gateway.release(ticket)
+            if failure is not None and gateway.cut(ticket):
+                failure = None  # in flight at a kill -9: HTTP has no redelivery
+            elif failure is not None:
+                report.failed.append(failure)
+            report.serve()
+            report.outcome(sent_at, "http", failed=failure is not None)
 
 
-def _count_http(report: Report, status: int, reply: httpx.Response) -> None:
-    if status == 200:
+def _http_request(client: httpx.Client, url: str, rng: random.Random, report: Report) -> str | None:
+    """One request, plain or streamed (and maybe cancelled); what went wrong, if anything."""
+    body = {**ASK, "max_tokens": rng.randint(4, 64), "temperature": 0.7}
+    route = rng.choice(["prefer_local", "prefer_local", "local_only", "prefer_cloud"])
+    headers = {"X-Edge-Route": route}
+    if rng.random() < 0.5:
+        reply = client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+        return _count_http(report, reply)
+    streaming = {**body, "stream": True}
+    with client.stream(
+        "POST", f"{url}/v1/chat/completions", json=streaming, headers=headers
+    ) as streamed:
+        if streamed.status_code != 200:
+            streamed.read()
+            return _count_http(report, streamed)
+        cancel_after = rng.randint(1, 8) if rng.random() < 0.2 else None
+        for number, line in enumerate(streamed.iter_lines()):
+            if cancel_after is not None and number >= cancel_after:
+                report.count(report.cancelled, "http")
+                return None
+            if line == "data: [DONE]":
+                report.count(report.answered, "http")
+                return None
+    return "http stream ended without [DONE]"
+
+
+def _count_http(report: Report, reply: httpx.Response) -> str | None:
+    """200 is answered; 503 (busy, short of resources: with Retry-After) is a rejection the
+    API documents; any other status is a failure."""
+    if reply.status_code == 200:
         report.count(report.answered, "http")
-        return
+        return None
     try:
         code = reply.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):
-        code = str(status)
-    report.count(report.rejected, f"http {status} {code}")
+        code = str(reply.status_code)
+    report.count(report.rejected, f"http {reply.status_code} {code}")
+    return None if reply.status_code == 503 else f"http {reply.status_code} {code}"
 
 
 RECONNECT_S = 10.0  # a gateway's reconnect backoff after a broker restart, at most
+# Requests a device has out at once: enough to fill a batch and to queue during a kill -9
+# or a broker restart, few enough that SmolLM2 (about a tenth of tiny's speed) keeps up.
+MQTT_OUTSTANDING = 8
+MEMORY_MARGIN_MB = 3000  # the gateway's memory reserve: what was available at the start less this
 
 
 class TimedDevice(Device):
-    """A device that notes when each reply arrived (the soak reads them only at the end)."""
+    """A device that notes when each reply arrived (the soak reads them only at the end),
+    and counts the answers as they arrive (requests served, for the leak slope)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, report: Report, *args: Any, **kwargs: Any) -> None:
         self._arrivals: dict[int, float] = {}
+        self.answers = 0
+        self.answered = threading.Condition()
         super().__init__(*args, **kwargs)
         put = self.inbox.put
 
         def timed_put(item: Any, block: bool = True, timeout: float | None = None) -> None:
             self._arrivals[id(item[1])] = time.monotonic()  # paho's thread, as it arrives
+            if item[0] == self.reply_topic and item[1].get("type") in ANSWERS:
+                report.serve()
+                with self.answered:
+                    self.answers += 1
+                    self.answered.notify_all()
             put(item, block, timeout)
 
         self.inbox.put = timed_put  # type: ignore[method-assign]
+
+    def wait_below(self, sent: int, outstanding: int, stop: threading.Event) -> bool:
+        """Wait until fewer than `outstanding` requests await their answer (False: stop)."""
+        with self.answered:
+            while sent - self.answers >= outstanding:
+                if stop.is_set():
+                    return False
+                self.answered.wait(0.5)
+        return not stop.is_set()
 
     def arrived(self, payload: dict[str, Any]) -> float:
         return self._arrivals.get(id(payload), time.monotonic())
@@ -199,22 +171,21 @@ def _flush(device: TimedDevice) -> list[tuple[str, dict[str, Any], bytes | None]
             time.sleep(0.2)
 
 
-def _mqtt_traffic(
-    broker: Broker, stop: threading.Event, report: Report, seed: int
-) -> dict[str, list[dict]]:
-    """Publish requests until `stop`, then wait for every answer; returns replies by id."""
+def _mqtt_traffic(broker: Broker, stop: threading.Event, report: Report, seed: int) -> None:
+    """Publish requests until `stop`, then wait for every answer and settle each request."""
     rng = random.Random(seed)
-    device = TimedDevice(broker, persistent=True)
-    sent: list[str] = []
-    while not stop.is_set():
+    device = TimedDevice(report, broker, persistent=True)
+    sent: dict[str, float] = {}  # correlation -> when it was sent
+    while device.wait_below(len(sent), MQTT_OUTSTANDING, stop):
         body = {**ASK, "max_tokens": rng.randint(4, 48), "stream": rng.random() < 0.3}
+        sent_at = time.monotonic()
         try:
             correlation = device.request("gw-soak", body)
         except (RuntimeError, ValueError):  # the broker is restarting: try again
             time.sleep(0.2)
             continue
         report.count(report.sent, "mqtt")
-        sent.append(correlation)
+        sent[correlation] = sent_at
         if rng.random() < 0.1:
             device.cancel("gw-soak", correlation)
         time.sleep(rng.uniform(0.02, 0.15))
@@ -235,9 +206,11 @@ def _mqtt_traffic(
             replies[key].append((device.arrived(payload), payload))
     except (AssertionError, RuntimeError) as exc:
         report.lost.append(f"mqtt sentinel: {exc}")
-    for correlation in sent:
+    for correlation, sent_at in sent.items():
+        wrong = len(report.lost) + len(report.duplicated)
         _settle(report, correlation, replies.get(correlation, []))
-    return replies
+        report.outcome(sent_at, "mqtt", failed=len(report.lost) + len(report.duplicated) > wrong)
+    device.close()
 
 
 def _settle(report: Report, correlation: str, replies: list[tuple[float, dict]]) -> None:
@@ -280,86 +253,134 @@ def _faults(
     stop: threading.Event,
     report: Report,
     every_s: float,
+    reserve_mb: int,
 ) -> None:
-    """One fault every `every_s` seconds, in turn, each undone before the next."""
-    for fault in itertools.cycle(["broker", "cloud", "memory", "sighup", "kill -9"]):
-        if stop.wait(every_s):
-            return
+    """One fault every `every_s` seconds, in turn, each undone before the next: those that
+    leave the gateway's process alone in the steady segment, then all of them."""
+    steady = itertools.cycle(STEADY_FAULTS)
+    every = itertools.cycle(ALL_FAULTS)
+    while not stop.wait(every_s):
+        fault = next(steady if time.monotonic() < report.steady_until else every)
         report.count(report.faults, fault)
-        if fault == "broker":
-            began = time.monotonic()
-            broker.stop()
-            time.sleep(1.0)
-            broker.start()
-            report.restarts.append((began, time.monotonic()))
-        elif fault == "cloud":
-            cloud[0].process.kill()
-            cloud[0].process.wait(10)
-            time.sleep(1.0)
-            cloud[0] = start_daemon("--http-port", cloud[0].url.rsplit(":", 1)[1])
-        elif fault == "memory":
-            _memory_pressure(seconds=2.0)
-        elif fault == "sighup":
-            gateway.daemon.process.send_signal(signal.SIGHUP)
-        else:
-            began = time.monotonic()
-            gateway.kill_and_restart()
-            report.restarts.append((began, time.monotonic()))
+        try:
+            _fault(fault, broker, cloud, gateway, report, reserve_mb)
+        except Exception as exc:  # a gateway that does not come back ends the soak
+            report.failed.append(f"{fault}: {type(exc).__name__}: {exc}")
+            stop.set()
+        if all(report.faults[name] for name in STEADY_FAULTS):
+            report.warmed.set()
 
 
-def _memory_pressure(seconds: float) -> None:
-    """Hold enough memory that the gateway's governor sees it short (its reserve is set to
-    leave 1000 MiB of what is available at the start, this takes 1200; the model, loaded
-    again after a kill -9, still fits in the 1000)."""
-    block = bytearray(1200 * 2**20)
+def _fault(
+    fault: str, broker: Broker, cloud: list[Daemon], gateway: Gateway, report: Report,
+    reserve_mb: int,
+) -> None:  # fmt: skip
+    if fault == "broker":
+        began = time.monotonic()
+        broker.stop()
+        time.sleep(1.0)
+        broker.start()
+        report.restarts.append((began, time.monotonic()))
+    elif fault == "cloud":
+        cloud[0].process.kill()
+        cloud[0].process.wait(10)
+        time.sleep(1.0)
+        cloud[0] = start_daemon("--http-port", cloud[0].url.rsplit(":", 1)[1])
+    elif fault == "memory":
+        _memory_pressure(reserve_mb, seconds=2.0)
+    elif fault == "sighup":
+        report.switches.append(gateway.switch_model())
+    else:
+        kill = gateway.kill_and_restart()
+        report.restarts.append((kill.at, kill.ready_at))
+
+
+def _memory_pressure(reserve_mb: int, seconds: float) -> None:
+    """Hold enough memory that the gateway's governor sees it short: what is available now
+    above its reserve, and 300 MiB more. Measured now, as other processes on the machine
+    come and go; the reserve leaves MEMORY_MARGIN_MB of what was available at the start, so
+    that the model, loaded again after a kill -9, still fits while others take some."""
+    available_mb = psutil.virtual_memory().available / 2**20
+    block = bytearray(int(max(0, available_mb - reserve_mb) + 300) * 2**20)
     block[::4096] = b"\1" * len(block[::4096])  # touch every page
     time.sleep(seconds)
     del block
 
 
+def _sample_steady(
+    gateway: Gateway, stop: threading.Event, report: Report, steady_s: float, every_s: float
+) -> None:
+    """RSS and fds of the one gateway process of the steady segment, once each of its faults
+    has run (first uses are not leaks), for `steady_s`: read every 0.1 s, one sample (the
+    floor) every `every_s` seconds."""
+    while not report.warmed.wait(0.5):
+        if stop.is_set():
+            return
+    report.steady_until = time.monotonic() + steady_s
+    while time.monotonic() + every_s <= report.steady_until:
+        readings = []
+        end = time.monotonic() + every_s
+        while time.monotonic() < end:
+            readings.append(sample(gateway.pid, report.served, time.monotonic()))
+            if stop.wait(0.1):
+                return
+        report.samples.append(floor(readings))
+
+
 def soak(
-    duration_s: float, workdir: Path, fault_every_s: float = 4.0, http_workers: int = 2
+    duration_s: float,
+    workdir: Path,
+    fault_every_s: float = 4.0,
+    steady_s: float = 150.0,
+    sample_every_s: float = 3.0,
+    http_workers: int = 2,
 ) -> Report:
     report = Report()
     broker = Broker(workdir / "broker")
     (workdir / "broker").mkdir(parents=True, exist_ok=True)
     broker.start()
     cloud = [start_daemon()]
-    available_mb = psutil.virtual_memory().available / 2**20
+    reserve_mb = int(psutil.virtual_memory().available / 2**20 - MEMORY_MARGIN_MB)
+    models_dir = workdir / "state" / "models"
     gateway = Gateway((
         "--mqtt-url", broker.url, "--device-id", "gw-soak", "--cloud",
-        f"openai={cloud[0].url}/v1", "--breaker-cooldown-s", "2", "--probe-interval-s", "1",
-        "--memory-reserve-mb", str(int(available_mb - 1000)), "--memory-resume-mb",
-        str(int(available_mb - 900)), "--cpu-enter-percent", "100", "--max-queue", "64",
+        f"openai={cloud[0].url}/v1#tiny", "--breaker-cooldown-s", "2", "--probe-interval-s",
+        "1", "--memory-reserve-mb", str(reserve_mb), "--memory-resume-mb",
+        str(reserve_mb + 100), "--cpu-enter-percent", "100", "--max-queue", "64",
         "--http-port", str(free_port()), "--state-dir", str(workdir / "state"),
-    ))  # fmt: skip
+        "--model-watch-interval-s", "3600",  # only SIGHUP moves it to the new pointer
+    ), models_dir, install_models(models_dir))  # fmt: skip
     stop = threading.Event()
     try:
+        report.began = time.monotonic()
         workers = [
             threading.Thread(target=_http_worker, args=(gateway, stop, report, n))
             for n in range(http_workers)
         ]
         workers.append(
             threading.Thread(
-                target=_faults, args=(broker, cloud, gateway, stop, report, fault_every_s)
+                target=_faults,
+                args=(broker, cloud, gateway, stop, report, fault_every_s, reserve_mb),
             )
         )
-        for worker in workers:
-            worker.start()
+        workers.append(
+            threading.Thread(
+                target=_sample_steady, args=(gateway, stop, report, steady_s, sample_every_s)
+            )
+        )
         mqtt = threading.Thread(target=_mqtt_traffic, args=(broker, stop, report, 99))
-        mqtt.start()
-        time.sleep(duration_s)
+        for worker in [*workers, mqtt]:
+            worker.start()
+        stop.wait(duration_s)
         stop.set()
+        report.ended = time.monotonic()
         for worker in workers:
             worker.join(120)
         mqtt.join(180)
-        process = gateway.daemon.process
-        if process.poll() is not None:
-            report.lost.append(f"the gateway exited with {process.returncode}")
-        else:
-            now = psutil.Process(process.pid)
-            report.rss_mib = (gateway.baseline[0] / 2**20, now.memory_info().rss / 2**20)
-            report.fds = (gateway.baseline[1], now.num_fds())
+        report.kills = gateway.kills
+        report.leak = leak_verdict(report.samples)
+        if gateway.daemon.process.poll() is not None:
+            report.lost.append(f"the gateway exited with {gateway.daemon.process.returncode}")
     finally:
         for daemon in (gateway.daemon, cloud[0]):
             if daemon.process.poll() is None:
@@ -371,15 +392,22 @@ def soak(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=float, default=300)
+    parser.add_argument("--steady-s", type=float, default=150, help="at least 120")
     parser.add_argument("--fault-every-s", type=float, default=4.0)
+    parser.add_argument("--sample-every-s", type=float, default=3.0)
     args = parser.parse_args()
+    if args.steady_s < 120 or args.duration_s < args.steady_s + 60:
+        parser.error("--steady-s: at least 120 s; --duration-s: at least a minute more")
     with tempfile.TemporaryDirectory() as workdir:
-        report = soak(args.duration_s, Path(workdir), args.fault_every_s)
-    print(f"\nsoak for {args.duration_s:.0f} s with a fault every {args.fault_every_s:g} s\n")
+        report = soak(args.duration_s, Path(workdir), args.fault_every_s, args.steady_s,
+                      args.sample_every_s)  # fmt: skip
+    print(f"\nsoak for {args.duration_s:.0f} s ({args.steady_s:.0f} s steady) with a fault "
+          f"every {args.fault_every_s:g} s\n")  # fmt: skip
     print(report.table())
-    for problem in (report.lost + report.duplicated)[:20]:
+    problems = report.lost + report.duplicated + report.problems()
+    for problem in problems[:20]:
         print("  -", problem)
-    sys.exit(1 if report.lost or report.duplicated else 0)
+    sys.exit(1 if problems else 0)
 
 
 if __name__ == "__main__":

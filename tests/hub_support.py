@@ -5,7 +5,9 @@ The real hub cannot be reached here; this one answers the endpoints huggingface-
 `models pull` runs its real download code. `corrupt` names a file served with one byte
 flipped; `plain` names files stored without LFS (the hub gives their git blob id, not a
 sha256); `cut` names a file whose first download breaks off halfway. `ranges` records every
-Range header received.
+Range header received. `listed` gives sizes the file listing reports in place of the files'
+own, so small stand-ins can play a real variant's files up to the download; `downloads`
+records every file body served.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ class Hub:
         corrupt: str | None = None,
         plain: frozenset[str] = frozenset(),
         cut: str | None = None,
+        listed: dict[str, int] | None = None,
     ) -> None:
         self.repo, self.root, self.corrupt, self.plain, self.cut = repo, root, corrupt, plain, cut
+        self.listed = listed or {}  # relative path -> the size the listing reports
         self.ranges: list[str] = []
+        self.downloads: list[str] = []
         self.commit = hashlib.sha1(repo.encode()).hexdigest()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -43,7 +48,8 @@ class Hub:
         for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
             data = path.read_bytes()
             blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            found.append({"path": path.relative_to(self.root).as_posix(), "size": len(data),
+            relative = path.relative_to(self.root).as_posix()
+            found.append({"path": relative, "size": self.listed.get(relative, len(data)),
                           "sha256": hashlib.sha256(data).hexdigest(), "blob_id": blob,
                           "lfs": path.name not in self.plain})  # fmt: skip
         return found
@@ -83,6 +89,8 @@ class Hub:
                     self.end_headers()
                     return
                 data = file.read_bytes()
+                if body:
+                    hub.downloads.append(path.removeprefix(prefix))
                 etag = hashlib.sha256(data).hexdigest()
                 if file.name in hub.plain:  # the real hub's ETag for a git-stored file
                     etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

@@ -62,7 +62,7 @@ def test_pull_from_the_hub_verifies_every_file_then_verify_and_list(hub, tmp_pat
     assert not list((tmp_path / "state" / "models" / ".partial").iterdir())  # moved in place
     assert cli("models", "verify", "phi-4-mini-instruct", "--state-dir", state).returncode == 0
     listed = cli("models", "list", "--state-dir", state).stdout
-    assert f"phi-4-mini-instruct       cpu-int4,cuda-int4,dml-int4 {hub.commit[:12]}" in listed
+    assert f"cpu-int4-compact,cuda-int4,dml-int4 {hub.commit[:12]}" in listed
     data = folder / FOLDER / "model.onnx.data"
     data.write_bytes(data.read_bytes()[:-1] + b"\0")  # bit rot on the gateway
     broken = cli("models", "verify", "phi-4-mini-instruct", "--state-dir", state)

@@ -211,12 +211,13 @@ def upstream(endpoint: CloudEndpoint) -> Upstream:
 
 
 def _merge_call_piece(call: dict[str, str], piece: Any) -> None:
-    """OpenAI streams a call as pieces: id and name first, then argument fragments."""
+    """OpenAI streams a call as pieces: id and name first, then argument fragments. The name
+    comes whole, once; llama.cpp's Python server repeats it in every piece."""
     if piece.id:
         call["id"] = piece.id
     if piece.function is not None:
-        if piece.function.name:
-            call["name"] = call.get("name", "") + piece.function.name
+        if piece.function.name and not call.get("name"):
+            call["name"] = piece.function.name
         if piece.function.arguments:
             call["arguments"] = call.get("arguments", "") + piece.function.arguments
 

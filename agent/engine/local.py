@@ -27,16 +27,18 @@ import structlog
 
 from agent.engine.backend import Load, Stream
 from agent.engine.delivery import Job, Outbox, job_chunks
+from agent.engine.generator_path import GeneratorPath, GeneratorTurn
 from agent.engine.loading import FINISHED_FLAG, LoadAttempt, LoadedModel, LoadPlan, load
 from agent.engine.stop import StopMatcher
 from agent.engine.tool_calls import guidance_for, read_tool_calls, render_prompt
 from agent.engine.turns import (
     FINISH_REASONS,
     Turn,
+    begin_turn,
     completion_budget,
+    crash_for_tests,
     final_chunk,
     stall_for_tests,
-    turn_options,
 )
 from agent.engine.types import (
     ChatRequest,
@@ -96,7 +98,8 @@ class LocalEngine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox = Outbox(settings.stream_interval_ms / 1000)
-        self._crash_on = os.environ.get("EDGE_AGENT_TEST_ENGINE_CRASH")
+        self._test_faults = "EDGE_AGENT_TEST_ENGINE_CRASH" in os.environ
+        self.generator_path: GeneratorPath | None = None  # lone requests (owner thread)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -292,17 +295,20 @@ class LocalEngine:
 
     def _serve(self, loaded: LoadedModel) -> None:
         engine = loaded.engine
+        self.generator_path = GeneratorPath(loaded, self.settings, self._loop)
         events = engine.create_event_buffer(256)
         turns = self._turns
         while True:
-            if self._crash_on is not None:
-                self._test_crash()
+            if self._test_faults:
+                with self._cond:
+                    crash_for_tests([*self._pending, *self._batch])
             if not turns:
                 batch = self._next_batch()
                 if batch is None:
                     break
                 self._batch = batch
-                turns[:] = [turn for job in batch if (turn := self._begin(job)) is not None]
+                alone = len(batch) == 1
+                turns[:] = [t for job in batch if (t := self._begin(job, alone)) is not None]
                 self._outbox.flush()  # refusals from _begin
                 if turns:
                     self.batches[len(turns)] += 1
@@ -314,8 +320,9 @@ class LocalEngine:
                     turn.og_request.cancel_turn(turn.turn_id)
                     turn.cancel_sent = True
             stall_for_tests(turns)
+            solo = turns[0].og_request if isinstance(turns[0].og_request, GeneratorTurn) else None
             try:
-                for event in engine.run(events):
+                for event in solo.step() if solo else engine.run(events):
                     found = next((t for t in turns if t.og_request is event.request), None)
                     if found is not None and self._on_event(found, event):
                         turns.remove(found)
@@ -355,13 +362,6 @@ class LocalEngine:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
                 self._loop.call_soon_threadsafe(self.on_failure, self)
 
-    def _test_crash(self) -> None:
-        """EDGE_AGENT_TEST_ENGINE_CRASH (tests only): fail as a fatal engine error would."""
-        with self._cond:
-            jobs = [*self._pending, *self._batch]
-        if any(job.request.last_text == self._crash_on for job in jobs):
-            raise RuntimeError("test fault: EDGE_AGENT_TEST_ENGINE_CRASH")
-
     def _next_batch(self) -> list[Job] | None:
         with self._cond:
             while not self._pending and not self._stopping:
@@ -385,24 +385,19 @@ class LocalEngine:
                 for _ in range(min(self._model().batch_slots, len(self._pending)))
             ]
 
-    def _begin(self, job: Job) -> Turn | None:
+    def _begin(self, job: Job, alone: bool) -> Turn | None:
         job.admitted_at = time.perf_counter()
-        loaded = self._model()
-        og_request: og.Request | None = None
+        loaded, path = self._model(), self.generator_path
         try:
-            options = og.RequestOptions()
-            options.set_max_session_tokens(len(job.prompt_ids) + job.max_tokens)
-            og_request = loaded.engine.create_request(options=options)
-            turn_id = og_request.begin_turn(
-                job.prompt_ids, turn_options(og_request, job, self.info.search)
-            )
+            if alone and path is not None and path.serves(job):
+                handle, turn_id = path.open(job, self.info.search), 0
+            else:
+                handle, turn_id = begin_turn(loaded.engine, job, self.info.search)
         except Exception as exc:  # a bad sampling value must not take the engine down
             self._finish(job, FinishReason.ERROR, error=str(exc))
-            if og_request is not None:
-                og_request.close()
             return None
         stop = StopMatcher(job.request.sampling.stop)
-        return Turn(job, og_request, turn_id, loaded.tokenizer.create_stream(), stop)
+        return Turn(job, handle, turn_id, loaded.tokenizer.create_stream(), stop)
 
     def _on_event(self, turn: Turn, event: og.EngineEvent) -> bool:
         """Handle one engine event; True when the turn is over."""

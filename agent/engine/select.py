@@ -6,16 +6,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from agent.engine.calibration import Calibration, Choice
 from agent.engine.loading import LoadPlan
 from agent.hardware.inventory import HardwareInventory
 from agent.hardware.providers import Candidate, Installed, rank, register_plugin
-from agent.models.info import resolve_model, variant_providers
+from agent.models.info import ModelDirError, resolve_model, variant_providers
+from agent.settings import SettingsError, load_settings
 
 
 @dataclass(frozen=True)
 class Selection:
     ranking: list[Candidate]
     plans: list[LoadPlan]
+    choice: Choice
 
 
 def select(
@@ -26,10 +29,12 @@ def select(
     options: dict[str, dict[str, str]],
     profile: HardwareInventory,
     installed: Installed,
+    calibration: Calibration | None = None,
 ) -> Selection:
-    """`auto` tries every accepted candidate in rank order. A named provider is tried even
-    when the ranking rejects it (the operator knows best); CPU follows only with
-    `fallback`. An explicit `variant` pins the variant for every attempt."""
+    """`auto` tries every accepted candidate, in the order `calibration` measured (else in
+    rank order). A named provider is tried even when the ranking rejects it (the operator
+    knows best); CPU follows only with `fallback`. An explicit `variant` pins the variant
+    for every attempt."""
     ranking = rank(profile, installed, set(variant_providers(model_dir)))
     if provider == "auto":
         chosen = [c for c in ranking if c.accepted]
@@ -49,4 +54,40 @@ def select(
         )
         for c in chosen
     ]
-    return Selection(ranking, plans)
+    objective = calibration.objective if calibration else "decode"
+    first = plans[0].label if plans else "none"
+    if provider != "auto":
+        choice = Choice(objective, first, f"provider {provider} is named in the settings")
+    elif calibration is None or not plans:
+        choice = Choice(objective, first, "the ranking order (not calibrated)")
+    else:
+        plans, choice = calibration.choose(plans, profile)
+    return Selection(ranking, plans, choice)
+
+
+def detect_choice(
+    root: Path, model_dir: Path, profile: HardwareInventory, installed: Installed
+) -> Choice:
+    """What the daemon's settings would choose here (`edge-agent detect`): measured where
+    figures are missing on this machine; a recorded tree (`--root`) shows only the cache."""
+    try:
+        settings = load_settings()
+        engine = settings.engine
+        calibration = Calibration(
+            settings.state_dir,
+            engine.provider_objective,
+            engine.intra_op_num_threads or profile.usable_cores,
+            measure=root == Path("/"),
+        )
+        return select(
+            model_dir,
+            settings.models.model_variant,
+            engine.provider,
+            engine.provider_fallback,
+            engine.provider_options,
+            profile,
+            installed,
+            calibration,
+        ).choice
+    except (SettingsError, ModelDirError) as exc:
+        return Choice("decode", "none", f"no choice: {exc}")

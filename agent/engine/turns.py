@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import onnxruntime_genai as og
 
@@ -35,12 +36,18 @@ FINISH_REASONS = {
 }
 
 
+class TurnHandle(Protocol):
+    def cancel_turn(self, turn_id: int) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(eq=False)
 class Turn:
     """A job admitted to the engine: its og request and what decodes its tokens."""
 
     job: Job
-    og_request: og.Request
+    og_request: TurnHandle  # og.Request, or a GeneratorTurn for a lone request
     turn_id: int
     stream: og.TokenizerStream
     stop: StopMatcher
@@ -85,27 +92,46 @@ def completion_budget(
     return wanted
 
 
-def turn_options(og_request: og.Request, job: Job, defaults: SearchDefaults) -> og.TurnOptions:
-    """The request's sampling on top of the model author's defaults."""
+def search_options(job: Job, defaults: SearchDefaults) -> dict[str, float | bool]:
+    """The request's sampling on top of the model author's defaults, by og option name
+    (og.TurnOptions' `set_<name>`, og.GeneratorParams' search options)."""
     sampling = job.request.sampling
-    options = og.TurnOptions(og_request)
-    options.set_max_generated_tokens(job.max_tokens)
-    if sampling.min_tokens:
-        options.set_min_generated_tokens(min(sampling.min_tokens, job.max_tokens))
     temperature = sampling.temperature
     # A vanishing temperature is greedy: og would resolve it so and then reject top_k.
     do_sample = defaults.do_sample if temperature is None else temperature >= GREEDY_BELOW
-    options.set_do_sample(do_sample)
+    options: dict[str, float | bool] = {"do_sample": do_sample}
     if do_sample:
-        options.set_temperature(defaults.temperature if temperature is None else temperature)
-        options.set_top_p(sampling.top_p if sampling.top_p is not None else defaults.top_p)
+        options["temperature"] = defaults.temperature if temperature is None else temperature
+        options["top_p"] = sampling.top_p if sampling.top_p is not None else defaults.top_p
         top_k = sampling.top_k if sampling.top_k is not None else defaults.top_k
-        options.set_top_k(min(top_k, defaults.vocab_size or top_k))
+        options["top_k"] = min(top_k, defaults.vocab_size or top_k)
     if sampling.repetition_penalty is not None:
-        options.set_repetition_penalty(sampling.repetition_penalty)
+        options["repetition_penalty"] = sampling.repetition_penalty
+    return options
+
+
+def turn_options(og_request: og.Request, job: Job, defaults: SearchDefaults) -> og.TurnOptions:
+    options = og.TurnOptions(og_request)
+    options.set_max_generated_tokens(job.max_tokens)
+    if job.request.sampling.min_tokens:
+        options.set_min_generated_tokens(min(job.request.sampling.min_tokens, job.max_tokens))
+    for name, value in search_options(job, defaults).items():
+        getattr(options, f"set_{name}")(value)
     if job.guidance is not None:
         options.set_guidance(job.guidance.kind, job.guidance.data)
     return options
+
+
+def begin_turn(engine: og.Engine, job: Job, defaults: SearchDefaults) -> tuple[og.Request, int]:
+    """The job as a new og.Engine request's first turn; the request is closed if refused."""
+    options = og.RequestOptions()
+    options.set_max_session_tokens(len(job.prompt_ids) + job.max_tokens)
+    request = engine.create_request(options=options)
+    try:
+        return request, request.begin_turn(job.prompt_ids, turn_options(request, job, defaults))
+    except Exception:
+        request.close()
+        raise
 
 
 def final_chunk(job: Job, reason: FinishReason, tail: str, error: str | None) -> Chunk:
@@ -137,3 +163,11 @@ def stall_for_tests(turns: list[Turn]) -> None:
     stall_on = os.environ.get("EDGE_AGENT_TEST_ENGINE_STALL")
     if stall_on is not None and any(turn.job.request.last_text == stall_on for turn in turns):
         threading.Event().wait()
+
+
+def crash_for_tests(jobs: list[Job]) -> None:
+    """EDGE_AGENT_TEST_ENGINE_CRASH (tests only): fail as a fatal engine error would while a
+    request whose last message is that text is queued or running."""
+    crash_on = os.environ.get("EDGE_AGENT_TEST_ENGINE_CRASH")
+    if crash_on is not None and any(job.request.last_text == crash_on for job in jobs):
+        raise RuntimeError("test fault: EDGE_AGENT_TEST_ENGINE_CRASH")

@@ -1,5 +1,7 @@
 """The model catalog (package data `agent/data/catalog/*.toml`): models edge-agent knows
-how to fetch or build, with per-variant sources, sizes, memory needs and tool-call markup."""
+how to fetch or build, with per-variant sources, size and memory estimates and tool-call
+markup. The estimates are only used where the source's own figures are not known: `models
+pull` reads every file's size from the hub's listing first (agent/models/fit.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOG_DIR = Path(str(resources.files("agent") / "data" / "catalog"))
+DEFAULT_CONTEXT = 4096
 
 
 class CatalogError(ValueError):
@@ -28,13 +31,19 @@ class CatalogVariant:
     name: str
     provider: str
     precision: str
-    ram_mb: int
-    download_mb: int
+    ram_mib_estimate: int  # to load it and serve default_context tokens (see fit.py)
+    size_mib_estimate: int  # its files on the gateway: the download, or what convert builds
     repo: str | None = None  # a prebuilt ONNX repository on the hub...
     revision: str = "main"
     folder: str = ""
     files: tuple[CatalogFile, ...] = ()
     convert_from: str | None = None  # ...or a checkpoint to convert with the builder
+    convert_options: tuple[str, ...] = ()  # `models convert` flags this variant needs
+
+    @property
+    def downloadable(self) -> bool:
+        """False for a variant built by `models convert` on a workstation, not on the hub."""
+        return self.repo is not None
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,16 @@ class CatalogEntry:
     context_length: int
     variants: tuple[CatalogVariant, ...]
     manifest: dict[str, Any] = field(default_factory=dict)  # what installed models inherit
+
+    @property
+    def default_context(self) -> int:
+        return int(self.manifest.get("default_context", min(self.context_length, DEFAULT_CONTEXT)))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """2 x layers x KV heads x head size x 4 bytes (the builder's CPU models keep the KV
+        cache in fp32); 0 for a model without one (an encoder)."""
+        return int(self.manifest.get("kv_bytes_per_token", 0))
 
     def variant(self, wanted: str | None, provider: str | None = None) -> CatalogVariant:
         """`wanted` by name, else the first for `provider`, else the first CPU one."""
@@ -66,8 +85,9 @@ def load_catalog(directory: Path = CATALOG_DIR) -> dict[str, CatalogEntry]:
         raw = tomllib.loads(path.read_text())
         variants = tuple(
             CatalogVariant(
-                **{k: v for k, v in variant.items() if k != "files"},
+                **{k: v for k, v in variant.items() if k not in ("files", "convert_options")},
                 files=tuple(CatalogFile(**f) for f in variant.get("files", ())),
+                convert_options=tuple(variant.get("convert_options", ())),
             )
             for variant in raw.pop("variants")
         )

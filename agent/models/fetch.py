@@ -149,8 +149,10 @@ def assemble(
     `models verify` re-checks. A plain onnxruntime-genai folder becomes its one variant."""
     folder = staging.with_name(f"install-{name}-{version}")
     shutil.rmtree(folder, ignore_errors=True)
-    listed = [
-        {"path": p, "size": (staging / p).stat().st_size, "sha256": d} for p, d in files.items()
+    listed = [  # not the manifest itself: it is rewritten below, so its hash would not hold
+        {"path": p, "size": (staging / p).stat().st_size, "sha256": d}
+        for p, d in files.items()
+        if p != "manifest.toml"
     ]
     if "manifest.toml" in files:
         os.replace(staging, folder)

@@ -8,7 +8,10 @@ keeps in git) its git blob id; a folder's files against its `sha256sums` or `man
 A file that does not match is deleted and the pull fails; a file with nothing to check it
 against fails it too, unless `trust_unverified` (recorded in the manifest). The result is
 installed with one rename into `models_dir/NAME/VERSION/`, with a manifest that `verify`
-re-checks.
+re-checks. Before anything is fetched, the files' sizes (the hub's listing, or the folder's
+files) are checked against free disk and, for CPU variants, the memory needed to load them
+against what this gateway can give (agent/models/fit.py): a variant that could not load is
+refused, and the message names one that fits.
 `progress` takes Ollama's /api/pull lines (agent/models/requested.py runs the daemon's).
 """
 
@@ -26,6 +29,8 @@ from typing import Any, TypedDict
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from agent.hardware.inventory import detect
+from agent.models import fit
 from agent.models.catalog import CatalogEntry, CatalogVariant
 from agent.models.store import HASH_CHUNK, ModelStore, sha256_of, write_manifest
 
@@ -92,7 +97,9 @@ def pull(
     token: str | None = None,
     progress: Report | None = None,
     trust_unverified: bool = False,
+    hardware_root: Path = Path("/"),
 ) -> Pulled:
+    """`hardware_root`: where the memory check reads /proc and /sys (a recorded tree in tests)."""
     if entry.manifest.get("kind") == "embedding":  # refused before anything is downloaded
         raise PullError(
             f"{entry.name} is a sentence-embedding model, and pull installs chat models so "
@@ -103,11 +110,11 @@ def pull(
     staging.mkdir(parents=True, exist_ok=True)  # kept between attempts: downloads resume
     if source is not None:
         folder, version, expected, origin = _from_folder(
-            variant, source, store, staging, trust_unverified
+            entry, variant, source, (store, hardware_root), staging, trust_unverified
         )
     else:
         folder, version, expected, origin = _from_hub(
-            entry, variant, store, staging, token, progress
+            entry, variant, (store, hardware_root), staging, token, progress
         )
     report = progress or (lambda line: None)
     report(PullProgress("verifying sha256 digest"))
@@ -123,33 +130,40 @@ def pull(
     return Pulled(path, version, len(files), sum(f["size"] for f in files), unverified)
 
 
-def _check_disk(store: ModelStore, needed_bytes: int) -> None:
+Target = tuple[ModelStore, Path]  # where it is installed, and where the hardware is read
+
+
+def _check_fit(
+    entry: CatalogEntry, variant: CatalogVariant, place: Target, files_bytes: int | None
+) -> None:
+    """Disk, then memory, with the files' real sizes (None: the listing gave none)."""
+    store, hardware_root = place
+    wanted = fit.need(entry, variant, files_bytes)
     store.root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(store.root).free
-    if needed_bytes * DISK_MARGIN > free:
+    if wanted.files_bytes * DISK_MARGIN > free:
         raise PullError(
             f"not enough disk space in {store.root}: the variant needs "
-            f"{needed_bytes / MIB:.0f} MiB, {free / MIB:.0f} MiB are free"
+            f"{wanted.files_bytes / MIB:.0f} MiB ({wanted.source}), {free / MIB:.0f} MiB are free"
         )
+    if reason := fit.refusal(entry, variant, wanted, detect(hardware_root)):
+        raise PullError(reason)
 
 
 def _from_hub(
     entry: CatalogEntry,
     variant: CatalogVariant,
-    store: ModelStore,
+    place: Target,
     staging: Path,
     token: str | None,
     progress: Report | None = None,
 ) -> tuple[str, str, Expected, dict[str, Any]]:
     if variant.repo is None:
         raise PullError(
-            f"{entry.name} {variant.name} has no prebuilt ONNX build on the hub: build it with "
-            f"`edge-agent models convert {variant.convert_from} --out DIR`, then pull --from "
-            f"DIR/{variant.name} --trust-unverified (your own build: no published hashes)"
+            f"{entry.name} {variant.name} is not on the hub: {fit.how_to_get(entry, variant)}"
         )
     from huggingface_hub import HfApi, snapshot_download  # imported late: only pulls need it
 
-    _check_disk(store, variant.download_mb * MIB)
     if progress is not None:
         progress(PullProgress("pulling manifest"))
     api = HfApi(token=token)
@@ -158,6 +172,11 @@ def _from_hub(
     siblings = [s for s in info.siblings or () if s.rfilename.startswith(prefix)]
     if not siblings:
         raise PullError(f"{variant.repo}@{info.sha} has no folder {variant.folder!r}")
+    sizes = {s.rfilename: s.size for s in siblings if s.size is not None}
+    listed = sum(sizes.values()) if len(sizes) == len(siblings) else None  # else: estimates
+    if listed is not None:
+        fit.save_listing(place[0].root, entry, variant, info.sha or "", sizes)
+    _check_fit(entry, variant, place, listed)
     pinned = {f.path: f.sha256 for f in variant.files}
     expected: Expected = {}
     for s in siblings:
@@ -170,7 +189,7 @@ def _from_hub(
     for stale in (staging / variant.folder).rglob("*"):  # left by an attempt at another commit
         if stale.is_file() and stale.relative_to(staging).as_posix() not in expected:
             stale.unlink()
-    total = sum(s.size or 0 for s in siblings)
+    total = sum(sizes.values())
     with _watching(staging, expected, total, progress):
         snapshot_download(
             variant.repo,
@@ -225,7 +244,12 @@ def _watching(
 
 
 def _from_folder(
-    variant: CatalogVariant, source: Path, store: ModelStore, staging: Path, trust: bool
+    entry: CatalogEntry,
+    variant: CatalogVariant,
+    source: Path,
+    place: Target,
+    staging: Path,
+    trust: bool,
 ) -> tuple[str, str, Expected, dict[str, Any]]:
     """Copy the folder's files, each with its sha256 from the folder's hash list (else the
     catalog's pin); refused before copying when one has none, unless `trust`."""
@@ -233,7 +257,7 @@ def _from_folder(
         raise PullError(f"{source} is not an onnxruntime-genai model folder (no genai_config.json)")
     listed, list_path = _hash_list(source)
     sources = [p for p in sorted(source.rglob("*")) if p.is_file() and p != list_path]
-    _check_disk(store, sum(p.stat().st_size for p in sources))
+    _check_fit(entry, variant, place, sum(p.stat().st_size for p in sources))
     names = {p.relative_to(source).as_posix() for p in sources}
     if listed and (missing := sorted(set(listed) - names)):
         raise PullError(f"{', '.join(missing)}: listed in {list_path} but not in {source}")
@@ -354,7 +378,7 @@ def _manifest(
             "provider": variant.provider,
             "precision": variant.precision,
             "path": folder,
-            "ram_mb": variant.ram_mb,
+            "ram_mib_estimate": variant.ram_mib_estimate,
         }
     ]
     manifest["files"] = files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncGenerator
 
 import structlog
@@ -30,6 +31,7 @@ class CloudPool:
         self.probe_interval_s = settings.probe_interval_s
         self.retry_after_s = retry_after_s
         self._probing: asyncio.Task[None] | None = None
+        self._in_flight: Counter[str] = Counter()  # requests streaming, by endpoint
 
     @property
     def configured(self) -> bool:
@@ -56,6 +58,7 @@ class CloudPool:
         for backend, breaker in self.members:
             if not breaker.allows():
                 continue
+            self._in_flight[backend.name] += 1
             stream = (await backend.submit(request)).chunks
             try:  # the connect timeout is httpx's; this bounds the wait for a first token
                 first = await asyncio.wait_for(
@@ -66,6 +69,7 @@ class CloudPool:
                 log.warning("cloud endpoint failed", endpoint=backend.name, error=reason)
                 errors.append(f"{backend.name}: {reason}")
                 breaker.failure()
+                self._in_flight[backend.name] -= 1
                 await stream.aclose()
                 continue
             breaker.success()
@@ -80,17 +84,17 @@ class CloudPool:
     async def _rest(
         self, first: Chunk, stream: AsyncGenerator[Chunk, None], breaker: Breaker, name: str
     ) -> AsyncGenerator[Chunk, None]:
-        yield first
-        if first.finish_reason is not None:
-            return
         try:
-            async for chunk in stream:
-                yield chunk
+            yield first
+            if first.finish_reason is None:
+                async for chunk in stream:
+                    yield chunk
         except Exception as exc:
             breaker.failure()
             log.warning("cloud endpoint failed mid-reply", endpoint=name, error=str(exc))
             yield Chunk(finish_reason=FinishReason.ERROR, error=f"{name} failed mid-reply: {exc}")
         finally:
+            self._in_flight[name] -= 1
             await stream.aclose()
 
     async def _probe_forever(self) -> None:
@@ -99,6 +103,11 @@ class CloudPool:
             for backend, breaker in self.members:
                 if breaker.state == "open" and not breaker.allows():
                     continue  # still cooling down
+                if self._in_flight[backend.name]:
+                    # A reply in flight proves the endpoint answers, and a probe would end
+                    # it on llama.cpp's Python server (it interrupts a running reply when
+                    # another request arrives).
+                    continue
                 try:
                     await asyncio.wait_for(backend.probe(), backend.endpoint.connect_timeout_s + 2)
                 except Exception:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.engine.local import LocalEngine
+from agent.engine.select import Selection
 from agent.models.profiles import ModelNames
 from agent.routing.cloud_pool import CloudPool
 from agent.routing.governor import ResourceGovernor
@@ -13,7 +14,9 @@ from agent.routing.router import Router
 from agent.telemetry.metrics import Metrics, totals_by
 
 
-def local_status(engine: LocalEngine, names: ModelNames) -> dict[str, Any]:
+def local_status(engine: LocalEngine, names: ModelNames, selection: Selection) -> dict[str, Any]:
+    """`selection` is the one that built `engine` (else, after a failed model switch, the
+    provider choice is not shown: it was the other model's)."""
     info = engine.info
     return {
         "model": {
@@ -31,6 +34,9 @@ def local_status(engine: LocalEngine, names: ModelNames) -> dict[str, Any]:
         "provider_attempts": [
             {"provider": a.provider, "error": a.error} for a in engine.load_attempts
         ],
+        "provider_choice": (
+            selection.choice.to_dict() if selection.plans is engine.plans else None
+        ),
         "threads": engine.threads,
         "queue": {
             "depth": engine.queue_depth,
@@ -40,6 +46,8 @@ def local_status(engine: LocalEngine, names: ModelNames) -> dict[str, Any]:
         },
         "engine_steps": engine.steps,
         "finished": dict(engine.finished),
+        "batches": {str(size): count for size, count in sorted(engine.batches.items())},
+        "generator_path": path.figures() if (path := engine.generator_path) else None,
     }
 
 

@@ -159,6 +159,9 @@ class SecuritySettings(Section):
 class EngineSettings(Section):
     provider: Provider = "auto"
     provider_fallback: bool = Field(False, description="fall back to CPU if `provider` fails")
+    provider_objective: Literal["decode", "ttft"] = Field(
+        "decode", description="what `auto` measures providers by: decode tokens/s or TTFT"
+    )
     provider_options: dict[str, dict[str, str]] = Field(default_factory=dict)
     intra_op_num_threads: int | None = Field(None, ge=1, description="default: usable cores")
     max_context: int = Field(4096, ge=16, description="cap on prompt + completion tokens")
@@ -181,6 +184,13 @@ class EngineSettings(Section):
         description="hand streamed tokens over at most this often (first token and end at once)",
     )
     default_max_tokens: int = Field(512, ge=1)
+    single_request_generator: bool = Field(
+        True, description="a lone request runs on og.Generator (faster than og.Engine)"
+    )
+    prefix_cache_entries: int = Field(
+        2, ge=0, le=64,
+        description="Generators kept for prompt-prefix reuse; each holds a KV cache in memory",
+    )  # fmt: skip
     retry_after_s: int = Field(2, ge=1, description="what a refusal for load tells clients")
     engine_stall_s: float = Field(
         120.0, gt=0, description="busy without an engine step this long: watchdog pings stop"

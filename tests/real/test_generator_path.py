@@ -1,0 +1,131 @@
+"""Lone requests on og.Generator with prompt-prefix reuse, on the real model: the same
+tokens as og.Engine, the shared prefix not prefilled again, and the event loop answering
+while a long prompt is prefilled (og.Generator holds the GIL inside each prefill call)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from tests.conftest import Daemon
+from tests.real.conftest import MODEL
+
+SYSTEM = (
+    "You are a careful assistant for an industrial gateway. Answer briefly and precisely "
+    "about sensors, valves and pumps. "
+) * 5
+QUESTIONS = ["What is a valve?", "What is a pump?", "What is a sensor?"]
+
+
+def ask(daemon: Daemon, question: str, system: str = SYSTEM, **body: object) -> dict:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    reply = httpx.post(
+        f"{daemon.url}/v1/chat/completions",
+        json={"messages": messages, "temperature": 0, "max_tokens": 24, **body},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def path_figures(daemon: Daemon) -> dict:
+    return daemon.status()["generator_path"]
+
+
+def test_prefix_reuse_gives_the_engines_tokens_without_the_prefill(daemon_factory) -> None:
+    on_generator = daemon_factory("--model", str(MODEL))
+    on_engine = daemon_factory("--model", str(MODEL), "--no-single-request-generator")
+    for question in QUESTIONS:
+        reused = ask(on_generator, question)
+        cold = ask(on_engine, question)
+        assert (
+            reused["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
+        )
+        assert reused["usage"] == cold["usage"]
+    figures = path_figures(on_generator)
+    assert figures["served"] == len(QUESTIONS)
+    assert path_figures(on_engine)["served"] == 0
+    prompt_tokens = cold["usage"]["prompt_tokens"]
+    # The 2nd and 3rd requests took the system prompt (over 100 tokens) from the kept Generator.
+    assert figures["reused_tokens"] >= 2 * 100
+    assert figures["prefilled_tokens"] + figures["reused_tokens"] == len(QUESTIONS) * prompt_tokens
+    assert figures["kept"] == 1
+
+
+def test_a_conversation_that_goes_on_reuses_its_history(daemon_factory) -> None:
+    daemon = daemon_factory("--model", str(MODEL), "--prefix-cache-entries", "1")
+    first = ask(daemon, "What is a valve?", system="Be brief.")
+    history = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is a valve?"},
+        first["choices"][0]["message"],
+        {"role": "user", "content": "And a pump?"},
+    ]
+    before = path_figures(daemon)["reused_tokens"]
+    reply = httpx.post(
+        f"{daemon.url}/v1/chat/completions",
+        json={"messages": history, "temperature": 0, "max_tokens": 16},
+        timeout=120,
+    ).json()
+    reused = path_figures(daemon)["reused_tokens"] - before
+    assert reused >= first["usage"]["prompt_tokens"]  # the whole first exchange, at least
+    assert reused < reply["usage"]["prompt_tokens"]
+
+
+def test_a_burst_is_batched_on_the_engine(daemon_factory) -> None:
+    daemon = daemon_factory("--model", str(MODEL), "--batch-window-ms", "200")
+    results: list[dict] = []
+    threads = [
+        threading.Thread(target=lambda q=q: results.append(ask(daemon, q)))
+        for q in [*QUESTIONS, "What is a relay?"]
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(results) == 4
+    batches = daemon.status()["batches"]
+    assert any(int(size) > 1 for size in batches), batches
+
+
+def test_health_answers_in_the_middle_of_a_long_prefill(daemon_factory) -> None:
+    """Seen mid-prefill (some of the prompt computed, some not) and /health answered then:
+    impossible if one prefill call held the GIL for the whole prompt."""
+    daemon = daemon_factory("--model", str(MODEL), "--max-context", "4096")
+    long_prompt = " ".join(f"sensor {i} reads {i * 7 % 100} degrees;" for i in range(330))
+    first_token = threading.Event()
+    prompt_tokens: list[int] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST", f"{daemon.url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4,
+                  "stream": True, "stream_options": {"include_usage": True}},
+            timeout=120,
+        ) as reply:  # fmt: skip
+            for line in reply.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    first_token.set()
+                if '"prompt_tokens"' in line:
+                    prompt_tokens.append(int(line.split('"prompt_tokens":')[1].split(",")[0]))
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    seen_mid_prefill = healthy_mid_prefill = False
+    deadline = time.monotonic() + 120
+
+    def prefill_left() -> int:
+        status = httpx.get(f"{daemon.url}/v1/agent/status", timeout=60).json()
+        return int(status["generator_path"]["prefill_left"])
+
+    while not first_token.is_set() and time.monotonic() < deadline:
+        if prefill_left() > 0:
+            seen_mid_prefill = True
+            health = httpx.get(f"{daemon.url}/health", timeout=60)
+            healthy_mid_prefill |= health.status_code == 200 and prefill_left() > 0
+    streaming.join(120)
+    assert prompt_tokens and prompt_tokens[0] >= 2000
+    assert seen_mid_prefill
+    assert healthy_mid_prefill

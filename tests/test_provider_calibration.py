@@ -1,0 +1,138 @@
+"""`provider = "auto"` chooses by measurement: real onnxruntime-genai calibration on the
+bundled model, cached in the state directory per (model variant, hardware), chosen by the
+`provider_objective`, shown by /v1/agent/status and `edge-agent detect`.
+
+Only the CPU EP can run here (the OpenVINO plugin offers no CPU device), so the choice
+between two providers is tested on one real CPU record plus an injected record for
+OpenVINO in the same cache file the daemon reads, and on an `Installed` that claims the
+plugin's CPU device: its real calibration then really fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.engine.select import Selection, select
+from agent.hardware.inventory import detect
+from agent.hardware.providers import Installed
+from tests.conftest import REPO, TINY
+
+CACHE = "provider_calibration.json"
+# What a machine whose OpenVINO plugin offers a CPU device reports (not this one).
+OPENVINO_CPU = Installed(openvino=True, openvino_devices=frozenset({"CPU"}))
+
+
+def choose(state: Path, objective: str, installed: Installed) -> Selection:
+    """What the daemon's start does with `provider = "auto"`."""
+    from agent.engine.calibration import Calibration
+
+    calibration = Calibration(state, objective, threads=2)  # type: ignore[arg-type]
+    return select(TINY, None, "auto", False, {}, detect(), installed, calibration)
+
+
+def events(logs: list[dict], name: str) -> list[dict]:
+    return [e for e in logs if e.get("event") == name]
+
+
+def detect_json(state: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "detect", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "EDGE_AGENT_STATE_DIR": str(state), "EDGE_AGENT_PROVIDER": "auto"},
+    )  # fmt: skip
+    return dict(json.loads(result.stdout))
+
+
+def test_auto_calibrates_once_then_reads_the_cache(daemon_factory, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = daemon_factory("--provider", "auto", "--state-dir", str(state))
+    measured = events(first.logs, "provider calibrated")
+    assert [e["provider"] for e in measured] == ["cpu"]
+    assert measured[0]["decode_tok_s"] > 0 and measured[0]["ttft_ms"] > 0
+    choice = first.status()["provider_choice"]
+    assert choice["objective"] == "decode" and choice["provider"] == "cpu"
+    assert "only accepted provider" in choice["reason"]
+    [figures] = choice["figures"]
+    assert figures["provider"] == "cpu" and figures["source"] == "measured"
+    assert figures["decode_tok_s"] == measured[0]["decode_tok_s"]
+    assert (state / CACHE).is_file()
+    assert first.stop() == 0
+
+    # The objective is not part of what was measured: the figures serve either.
+    second = daemon_factory(
+        "--provider", "auto", "--state-dir", str(state), "--provider-objective", "ttft"
+    )
+    assert events(second.logs, "provider calibrated") == []  # not measured again
+    assert [e["provider"] for e in events(second.logs, "provider calibration cached")] == ["cpu"]
+    again = second.status()["provider_choice"]
+    assert again["objective"] == "ttft" and again["provider"] == "cpu"
+    [cached] = again["figures"]
+    assert cached == {**figures, "source": "cache"}
+
+    shown = detect_json(state)["provider_choice"]
+    assert shown["provider"] == "cpu" and shown["figures"] == [cached]
+    table = subprocess.run(
+        [sys.executable, "-m", "agent", "detect"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "EDGE_AGENT_STATE_DIR": str(state), "EDGE_AGENT_PROVIDER": "auto"},
+    ).stdout  # fmt: skip
+    assert "provider choice (objective: decode tokens/s)" in table
+    assert f"{cached['decode_tok_s']:.1f} tok/s" in table and "only accepted provider" in table
+
+
+def test_a_named_provider_is_not_calibrated(daemon_factory) -> None:
+    daemon = daemon_factory()  # the tests' `--provider cpu`
+    assert events(daemon.logs, "provider calibrated") == []
+    choice = daemon.status()["provider_choice"]
+    assert choice["figures"] == [] and "named in the settings" in choice["reason"]
+
+
+def test_the_objective_decides_between_measured_providers(tmp_path: Path) -> None:
+    """A real CPU measurement, then an OpenVINO record that is faster to the first token and
+    slower to decode, written where the daemon's calibration keeps its results."""
+    measured = choose(tmp_path, "decode", Installed())
+    assert [p.label for p in measured.plans] == ["cpu"]
+    cache = json.loads((tmp_path / CACHE).read_text())
+    [hardware] = cache["hardware"].values()
+    [variant] = hardware["variants"].values()
+    cpu = variant["providers"]["cpu"]
+    variant["providers"]["openvino:cpu"] = {
+        **cpu,
+        "provider": "openvino:cpu",
+        "ttft_ms": cpu["ttft_ms"] / 2,
+        "decode_tok_s": cpu["decode_tok_s"] / 2,
+    }
+    (tmp_path / CACHE).write_text(json.dumps(cache))
+
+    by_decode = choose(tmp_path, "decode", OPENVINO_CPU)
+    by_ttft = choose(tmp_path, "ttft", OPENVINO_CPU)
+    assert [p.label for p in by_decode.plans] == ["cpu", "openvino:cpu"]
+    assert [p.label for p in by_ttft.plans] == ["openvino:cpu", "cpu"]
+    assert "cpu has the highest decode tokens/s" in by_decode.choice.reason
+    assert "openvino:cpu has the lowest TTFT" in by_ttft.choice.reason
+    assert {f.source for f in by_decode.choice.figures + by_ttft.choice.figures} == {"cache"}
+
+
+def test_a_failing_calibration_falls_back_to_the_ranking(tmp_path: Path) -> None:
+    """The OpenVINO plugin really cannot create a session here: the ranking applies."""
+    selection = choose(tmp_path, "decode", OPENVINO_CPU)
+    assert [p.label for p in selection.plans] == ["openvino:cpu", "cpu"]  # the ranking
+    reason = selection.choice.reason
+    assert "calibration failed for openvino:cpu" in reason and "ranking order" in reason
+    failed, cpu = selection.choice.figures
+    assert failed.error and failed.decode_tok_s is None
+    assert cpu.source == "measured" and cpu.decode_tok_s
+    providers = json.loads((tmp_path / CACHE).read_text())["hardware"]
+    stored = [set(v["providers"]) for h in providers.values() for v in h["variants"].values()]
+    assert stored == [{"cpu"}]  # a failure is tried again at the next start
+
+
+def test_an_unreadable_cache_is_measured_again(tmp_path: Path) -> None:
+    (tmp_path / CACHE).write_text('{"hardware": {"x": {"variants": [1]}}, "tru')
+    selection = choose(tmp_path, "decode", Installed())
+    assert [f.source for f in selection.choice.figures] == ["measured"]
+    assert choose(tmp_path, "decode", Installed()).choice.figures[0].source == "cache"
