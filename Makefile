@@ -63,11 +63,11 @@ upstream: $(UPSTREAM_BIN)/llama-server-ready
 bench: setup
 	$(BIN)/python scripts/bench/local.py
 
-# The peer benchmark (scripts/bench/RESULTS.md): llama-cpp-python is compiled here.
-bench-peers: setup
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
-		if grep -qw amx_tile /proc/cpuinfo; then export CMAKE_ARGS="$(LLAMA_AMX_SAFE)"; fi; \
-		$(BIN)/pip install --no-cache-dir -e ".[bench-peers]"; }
+# The peer benchmark (scripts/bench/RESULTS.md). llama.cpp's peers run in .venv-upstream,
+# where llama-cpp-python is compiled once (the `upstream` target); peers.py starts them with
+# that venv's Python. ARGS="--shape smollm2" runs the real model (`make real-model`).
+bench-peers: setup upstream
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install "matplotlib>=3.8"
 	$(BIN)/python scripts/bench/peers.py $(ARGS)
 
 # The ARM64 proof (root; slow, not in CI): an arm64 Debian root under qemu-user, the gateway

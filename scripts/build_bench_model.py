@@ -21,6 +21,8 @@ both the embedding and the LM head) and `cpu-int4-fp32-embed` (`shared_embedding
 Microsoft's prebuilt layout, an fp32 input embedding plus a separate int4 LM head).
 `--dtype bfloat16` makes and saves the random weights in bf16: Phi-4-mini at full depth
 (3.8B parameters) is 15 GB in fp32, too much for a 24 GB machine that also runs the builder.
+Even so, the builder peaks at ~21 GB there, and `cpu-int4-fp32-embed` at 32 layers does not
+fit in 24 GB: scripts/bench/unshare_embedding.py makes that layout from `cpu-int4` instead.
 Needs the build tools (torch==2.13.0, transformers, tokenizers, onnx, onnx_ir).
 Usage: python scripts/build_bench_model.py [--shape bench|phi4-mini] [--layers N]
                                            [--block-size 32] [--out DIR]

@@ -59,8 +59,10 @@ class Gateway:
     _in_flight: set[int] = field(default_factory=set)
     _ids: itertools.count = field(default_factory=itertools.count)
     kills: list[Kill] = field(default_factory=list)
+    pointed: str = ""  # the model the pointer names
 
     def __post_init__(self) -> None:
+        self.pointed = self.models[0]
         self.start()
 
     @property
@@ -111,6 +113,7 @@ class Gateway:
         self.daemon.process.wait(10)
         self.start()
         kill.ready_at = time.monotonic()
+        kill.pointed, kill.serving = self.pointed, self.daemon.status()["model"]["name"]
         return kill
 
     def switch_model(self) -> Switch:
@@ -119,6 +122,7 @@ class Gateway:
         serving = self.daemon.status()["model"]["name"]
         wanted = self.models[1] if serving == self.models[0] else self.models[0]
         activate(self.models_dir, wanted)
+        self.pointed = wanted
         switch = Switch(time.monotonic(), wanted)
         self.daemon.process.send_signal(signal.SIGHUP)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -93,13 +94,15 @@ def leak_verdict(
 
 @dataclass
 class Kill:
-    """One kill -9: the HTTP requests in flight at that moment (the only ones it may cut)
-    and when the restarted gateway answered /ready."""
+    """One kill -9: the HTTP requests in flight at that moment (the only ones it may cut),
+    when the restarted gateway answered /ready, and on which model."""
 
     at: float
     in_flight: frozenset[int]
     ready_at: float = 0.0
     cut: int = 0
+    pointed: str = ""  # the model the pointer named, and the one the restarted gateway serves
+    serving: str = ""
 
 
 @dataclass
@@ -120,15 +123,15 @@ class Switch:
 
 @dataclass
 class Report:
-    sent: collections.Counter = field(default_factory=collections.Counter)
-    answered: collections.Counter = field(default_factory=collections.Counter)
-    cancelled: collections.Counter = field(default_factory=collections.Counter)
-    rejected: collections.Counter = field(default_factory=collections.Counter)  # by reason
+    sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    answered: collections.Counter[str] = field(default_factory=collections.Counter)
+    cancelled: collections.Counter[str] = field(default_factory=collections.Counter)
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
     lost: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # HTTP: an error no kill -9 explains
     duplicated: list[str] = field(default_factory=list)  # answered twice, unexplained
     redelivered: int = 0  # the same final again after a restart (at-least-once)
-    faults: collections.Counter = field(default_factory=collections.Counter)
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)
     # Broker restarts and kill -9s: (when it began, when it was undone), monotonic seconds
     restarts: list[tuple[float, float]] = field(default_factory=list)
     served: int = 0  # requests completed as the clients saw them (the leak slope's x)
@@ -145,7 +148,7 @@ class Report:
     outcomes: list[tuple[float, str, bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def count(self, bucket: collections.Counter, key: str) -> None:
+    def count(self, bucket: collections.Counter[str], key: str) -> None:
         with self.lock:
             bucket[key] += 1
 
@@ -167,6 +170,11 @@ class Report:
             f"a local reply {s.answered_by or 'nothing'}"
             for n, s in enumerate(self.switches, 1)
             if not s.happened
+        ]
+        found += [
+            f"kill -9 #{n}: came back on {k.serving or 'nothing'}, the pointer names {k.pointed}"
+            for n, k in enumerate(self.kills, 1)
+            if k.serving != k.pointed
         ]
         return found + self.failed
 
@@ -213,9 +221,14 @@ class Report:
         """The steady segment, the faults before the first kill, then one row per kill -9:
         the requests sent from that kill to the next (HTTP ones wait for /ready), those it
         cut, the failures among the rest, and how long the gateway took to be ready again."""
-        bounds = [(self.began, "steady, no kill (leak figures)", None)]
+        bounds: list[tuple[float, str, Kill | None]] = [
+            (self.began, "steady, no kill (leak figures)", None)
+        ]
         bounds.append((min(self.steady_until, self.ended), "faults before the first kill -9", None))
-        bounds += [(k.at, f"kill -9 #{n} and after", k) for n, k in enumerate(self.kills, 1)]
+        bounds += [
+            (k.at, f"kill -9 #{n} and after (back on {k.serving or '-'})", k)
+            for n, k in enumerate(self.kills, 1)
+        ]
         rows = []
         for index, (start, name, kill) in enumerate(bounds):
             end = bounds[index + 1][0] if index + 1 < len(bounds) else self.ended
@@ -243,7 +256,7 @@ class Report:
         return _markdown(header, rows)
 
 
-def _markdown(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _markdown(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:

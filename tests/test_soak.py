@@ -30,7 +30,7 @@ from soak_report import (
 
 @pytest.mark.timeout(420)
 def test_short_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    report = soak(duration_s=75, workdir=tmp_path, fault_every_s=2.5, steady_s=24, sample_every_s=2)
+    report = soak(duration_s=80, workdir=tmp_path, fault_every_s=2.5, steady_s=24, sample_every_s=2)
     print(report.table())
     assert not report.lost, report.lost[:5]
     assert not report.duplicated, report.duplicated[:5]

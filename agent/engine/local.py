@@ -290,8 +290,8 @@ class LocalEngine:
             self._serve(loaded)
         except BaseException as exc:  # whatever ends the thread must not leave requests waiting
             self._die(exc)
-        finally:
-            self._loaded = None  # og objects are released on the thread that made them
+        finally:  # og objects are released on the thread that made them
+            self._loaded = self.generator_path = None
 
     def _serve(self, loaded: LoadedModel) -> None:
         engine = loaded.engine

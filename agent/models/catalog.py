@@ -33,6 +33,9 @@ class CatalogVariant:
     precision: str
     ram_mib_estimate: int  # to load it and serve default_context tokens (see fit.py)
     size_mib_estimate: int  # its files on the gateway: the download, or what convert builds
+    # Peak RSS at load / the weights file, measured on this variant's layout at full depth (the
+    # catalog file says where); None: fit.py's conservative default (LOAD_PEAK).
+    load_peak_ratio: float | None = None
     repo: str | None = None  # a prebuilt ONNX repository on the hub...
     revision: str = "main"
     folder: str = ""

@@ -2,11 +2,13 @@
 pull` has read it, else the catalog's estimate) against free disk, and the memory it needs to
 load against what this process may use: RAM, or the cgroup's limit where that is lower.
 
-Memory to load = LOAD_PEAK x the files + the KV cache for the entry's default_context. The
-2.5 is measured, not guessed: the Phi-4-mini-shaped bench model (int4, tied int4 embedding)
-peaked at about 2.5 times its weight file at 2 and 4 layers, runtime included, most of it the
-load-time repacking of the int4 weights (scripts/bench/RESULTS.md). Only CPU variants are
-checked: a GPU variant's weights live in device memory, which this does not read."""
+Memory to load = the variant's load ratio x the files + the KV cache for the entry's
+default_context. The ratio is the peak RSS at load over the weights file, measured where the
+catalog gives one (`load_peak_ratio`: Phi-4-mini's layouts at full depth, 1.72 compact). Else
+LOAD_PEAK, 2.5: measured on the Phi-4-mini-shaped bench model at 2 and 4 layers, where the
+fixed runtime part dominates, so conservative for a model of that size and up; at 32 layers
+the same layout peaks at 1.72x (scripts/bench/RESULTS.md). Only CPU variants are checked: a
+GPU variant's weights live in device memory, which this does not read."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from agent.hardware.inventory import HardwareInventory
 from agent.models.catalog import CatalogEntry, CatalogVariant, load_catalog
 
 MIB = 1 << 20
-LOAD_PEAK = 2.5
+LOAD_PEAK = 2.5  # the default ratio, from small shapes: see above
 LISTINGS = ".listings"  # under the models dir: the hub's sizes, as the last pull read them
 
 
@@ -31,6 +33,7 @@ class Need:
     files_bytes: int
     ram_bytes: int
     listed: bool  # the files' sizes come from the source's listing, not the catalog
+    ratio: float = LOAD_PEAK  # peak at load / files
 
     @property
     def source(self) -> str:
@@ -41,7 +44,7 @@ class Need:
             return f"about {mib(self.ram_bytes)} MiB (the catalog's estimate)"
         kv = entry.kv_bytes_per_token * entry.default_context
         return (
-            f"about {mib(self.ram_bytes)} MiB ({LOAD_PEAK} x {mib(self.files_bytes)} MiB of "
+            f"about {mib(self.ram_bytes)} MiB ({self.ratio} x {mib(self.files_bytes)} MiB of "
             f"files, as the hub listing gives them, at load + {mib(kv)} MiB KV cache for "
             f"{entry.default_context} tokens)"
         )
@@ -49,10 +52,11 @@ class Need:
 
 def need(entry: CatalogEntry, variant: CatalogVariant, files_bytes: int | None = None) -> Need:
     """From the files' real sizes where known, else the catalog's estimates."""
+    ratio = variant.load_peak_ratio or LOAD_PEAK
     if files_bytes is None:
-        return Need(variant.size_mib_estimate * MIB, variant.ram_mib_estimate * MIB, False)
+        return Need(variant.size_mib_estimate * MIB, variant.ram_mib_estimate * MIB, False, ratio)
     kv = entry.kv_bytes_per_token * entry.default_context
-    return Need(files_bytes, int(LOAD_PEAK * files_bytes) + kv, True)
+    return Need(files_bytes, int(ratio * files_bytes) + kv, True, ratio)
 
 
 def known_need(models_root: Path, entry: CatalogEntry, variant: CatalogVariant) -> Need:
@@ -99,13 +103,19 @@ def how_to_get(entry: CatalogEntry, variant: CatalogVariant) -> str:
     if variant.downloadable:
         return f"pull it with `edge-agent models pull {entry.name} --variant {variant.name}`"
     options = "".join(f" {option}" for option in variant.convert_options)
+    command = {
+        "name": entry.name,
+        "version": "VERSION",
+        "source": {"url": "http://SERVER/DIR"},
+        "manifest_url": "http://SERVER/DIR/files.json",
+    }
     return (
         f"it is built by `edge-agent models convert {variant.convert_from} --out DIR{options}` "
         "on a workstation (the builder needs torch and the full checkpoint; a gateway does not run "
-        "it), then pushed to the gateways with the fleet command cmd/update_model and "
-        'source {"url": "http://SERVER/DIR/"} (DIR served by any HTTP server), or copied to '
-        f"one and installed with `edge-agent models pull {entry.name} --variant {variant.name} "
-        f"--from DIR/{variant.name}`"
+        "it), which writes DIR/files.json with every file's sha256; serve DIR from any HTTP "
+        "server and push it to the gateways with the fleet command cmd/update_model "
+        f"'{json.dumps(command)}', or copy DIR to one and install it with `edge-agent models "
+        f"pull {entry.name} --variant {variant.name} --from DIR/{variant.name}`"
     )
 
 
@@ -138,11 +148,12 @@ def refusal(
     ]
     others = [v for v in entry.variants if v is not variant and v.provider == variant.provider]
     fitting = [v for v in others if fits_memory(v, need(entry, v), usable)]
-    for other in fitting:
-        lines.append(
-            f"{other.name} needs about {other.ram_mib_estimate} MiB (estimate) and fits: "
-            + how_to_get(entry, other)
-        )
+    for other in others:
+        estimate = f"{other.name} needs about {other.ram_mib_estimate} MiB (estimate)"
+        if other in fitting:
+            lines.append(f"{estimate} and fits: {how_to_get(entry, other)}")
+        else:
+            lines.append(f"{estimate}: it does not fit either")
     if not fitting:
         smaller = [
             f"{e.name} {v.name} (~{v.ram_mib_estimate} MiB)"

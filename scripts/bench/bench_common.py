@@ -10,8 +10,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paho.mqtt.client as paho
+if TYPE_CHECKING:  # imported where used: llama.cpp's venv imports this module without paho
+    import paho.mqtt.client as paho
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -58,6 +60,8 @@ def start_broker(directory: Path) -> tuple[subprocess.Popen, int]:
 
 def mqtt_device(port: int, topic: str, on_message: Callable) -> paho.Client:
     """A paho MQTT 5 client subscribed to `topic` (its replies), Nagle off, loop running."""
+    import paho.mqtt.client as paho
+
     client = paho.Client(
         callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
     )

