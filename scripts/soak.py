@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from soak_gateway import Gateway, install_models  # noqa: E402
-from soak_report import Report, floor, leak_verdict, sample  # noqa: E402
+from soak_report import RSS_LIMIT_KIB_PER_1000, Report, floor, leak_verdict, sample  # noqa: E402
 
 from tests.conftest import Daemon, start_daemon  # noqa: E402  (the repo's own fixtures)
 from tests.mqtt_support import ANSWERS, Broker, Device, free_port  # noqa: E402
@@ -70,6 +70,8 @@ def _http_worker(gateway: Gateway, stop: threading.Event, report: Report, seed: 
                 gateway.release(ticket)
             if failure is not None and gateway.cut(ticket):
                 failure = None  # in flight at a kill -9: HTTP has no redelivery
+            elif failure is not None and report.cloud_cut(sent_at, failure):
+                failure = None
             elif failure is not None:
                 report.failed.append(failure)
             report.serve()
@@ -109,11 +111,12 @@ def _count_http(report: Report, reply: httpx.Response) -> str | None:
         report.count(report.answered, "http")
         return None
     try:
-        code = reply.json()["error"]["code"]
+        error = reply.json()["error"]
+        code, message = error["code"], error["message"]
     except (ValueError, KeyError, TypeError):
-        code = str(reply.status_code)
+        code, message = str(reply.status_code), reply.text
     report.count(report.rejected, f"http {reply.status_code} {code}")
-    return None if reply.status_code == 503 else f"http {reply.status_code} {code}"
+    return None if reply.status_code == 503 else f"http {reply.status_code} {code}: {message}"
 
 
 RECONNECT_S = 10.0  # a gateway's reconnect backoff after a broker restart, at most
@@ -286,6 +289,7 @@ def _fault(
         broker.start()
         report.restarts.append((began, time.monotonic()))
     elif fault == "cloud":
+        report.cloud_kills.append(time.monotonic())
         cloud[0].process.kill()
         cloud[0].process.wait(10)
         time.sleep(1.0)
@@ -340,6 +344,7 @@ def soak(
     fault_every_s: float = 4.0,
     steady_s: float = 150.0,
     sample_every_s: float = 3.0,
+    rss_limit: float = RSS_LIMIT_KIB_PER_1000,
     http_workers: int = 2,
 ) -> Report:
     report = Report()
@@ -386,7 +391,7 @@ def soak(
             worker.join(120)
         mqtt.join(180)
         report.kills = gateway.kills
-        report.leak = leak_verdict(report.samples)
+        report.leak = leak_verdict(report.samples, rss_limit)
         if gateway.daemon.process.poll() is not None:
             report.lost.append(f"the gateway exited with {gateway.daemon.process.returncode}")
     finally:

@@ -57,7 +57,7 @@ class Gateway:
     up: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: set[int] = field(default_factory=set)
-    _ids: itertools.count = field(default_factory=itertools.count)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
     kills: list[Kill] = field(default_factory=list)
     pointed: str = ""  # the model the pointer names
 
@@ -124,6 +124,7 @@ class Gateway:
         activate(self.models_dir, wanted)
         self.pointed = wanted
         switch = Switch(time.monotonic(), wanted)
+        logged = len(self.daemon.logs)
         self.daemon.process.send_signal(signal.SIGHUP)
 
         def switched() -> bool:
@@ -133,6 +134,11 @@ class Gateway:
         with contextlib.suppress(AssertionError):  # not by the deadline: the report says so
             wait_for(switched, SWITCH_DEADLINE_S)
         switch.took_s = time.monotonic() - switch.at
+        switch.log = [  # what the daemon said about it: why, when it did not switch
+            f"{event['event']} {event.get('error', event.get('model', ''))}"
+            for event in self.daemon.logs[logged:]
+            if "model" in event.get("event", "") or "reload" in event.get("event", "")
+        ]
         reply = httpx.post(
             f"{self.url}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "Which model?"}], "max_tokens": 2},

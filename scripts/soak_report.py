@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 
 import psutil
 
-# Above these the leak check fails. A real leak of 1 KiB or one fd per request shows as
-# 1000 per 1000 requests; allocator noise over a warmed-up segment stays well under the RSS
-# limit, and a steady daemon's fd count moves only with connections opened and closed.
-RSS_LIMIT_KIB_PER_1000 = 2048.0
+# Above these the leak check fails. A leak of 1 KiB or one fd per request shows as 1000 per
+# 1000 requests. Over the script's 3-minute steady segment the daemon measured about half
+# the RSS limit (docs/SOAK.md; HTTP traffic alone, no faults: about 100); its fd count moves
+# only with connections opened and closed. CI's segment is 24 s in the first minute of the
+# process's life, while arenas and caches still fill (measured 1200-1700): a looser limit.
+RSS_LIMIT_KIB_PER_1000 = 1024.0
+CI_RSS_LIMIT_KIB_PER_1000 = 3072.0
 FDS_LIMIT_PER_1000 = 2.0
 
 
@@ -62,6 +65,7 @@ class LeakVerdict:
     rss_mib: tuple[float, float]  # first and last sample
     fds: tuple[int, int]
     problems: tuple[str, ...]
+    limits: tuple[float, float]  # RSS KiB and fds per 1000 requests
 
     @property
     def passed(self) -> bool:
@@ -89,6 +93,7 @@ def leak_verdict(
     return LeakVerdict(
         len(samples), last.served - first.served, last.at - first.at, rss, fds,
         (first.rss / 2**20, last.rss / 2**20), (first.fds, last.fds), tuple(problems),
+        (rss_limit, fds_limit),
     )  # fmt: skip
 
 
@@ -115,6 +120,7 @@ class Switch:
     seen: str = ""  # the model /v1/agent/status named after the switch (or at the deadline)
     answered_by: str = ""  # the `model` of a local_only reply after the switch
     took_s: float = 0.0
+    log: list[str] = field(default_factory=list)  # the daemon's log lines about it
 
     @property
     def happened(self) -> bool:
@@ -142,6 +148,8 @@ class Report:
     steady_until: float = float("inf")  # the end of the segment without kill or SIGHUP
     ended: float = 0.0
     kills: list[Kill] = field(default_factory=list)
+    cloud_kills: list[float] = field(default_factory=list)
+    cut_by_cloud: int = 0
     switches: list[Switch] = field(default_factory=list)
     # Every request: when it was sent, its interface, and whether it failed (not counting
     # requests cut by a kill: a failure is anything else that did not end as it should)
@@ -161,13 +169,25 @@ class Report:
         with self.lock:
             self.outcomes.append((sent_at, kind, failed))
 
+    def cloud_cut(self, sent_at: float, failure: str) -> bool:
+        """Whether a failed HTTP request was in flight at a kill of the cloud endpoint and
+        failed with it (the gateway answers 500 engine_error when its upstream dies
+        mid-reply): then it counts as cut by that kill, not as a failure of the gateway."""
+        if not failure.startswith("http 500 engine_error"):
+            return False
+        with self.lock:
+            if any(sent_at <= at for at in self.cloud_kills):
+                self.cut_by_cloud += 1
+                return True
+        return False
+
     def problems(self) -> list[str]:
         """Everything that fails the soak besides lost and duplicated answers: the leak
         check, a switch that did not happen, HTTP requests failed with no kill to blame."""
         found = [f"leak: {problem}" for problem in (self.leak.problems if self.leak else ())]
         found += [
             f"SIGHUP #{n}: wanted {s.wanted}, status named {s.seen or 'nothing'}, "
-            f"a local reply {s.answered_by or 'nothing'}"
+            f"a local reply {s.answered_by or 'nothing'}; the daemon logged {s.log}"
             for n, s in enumerate(self.switches, 1)
             if not s.happened
         ]
@@ -187,6 +207,7 @@ class Report:
             ("rejected, by reason", ", ".join(f"{k} {v}" for k, v in self.rejected.items())
              or "none"),
             ("cut by kill -9 (in flight then)", f"http {sum(k.cut for k in self.kills)}"),
+            ("cut by a cloud kill (in flight then)", f"http {self.cut_by_cloud}"),
             ("failed otherwise", str(sum(1 for _, _, bad in self.outcomes if bad))),
             ("lost", str(len(self.lost))),
             ("duplicated (answered twice)", str(len(self.duplicated))),
@@ -209,10 +230,10 @@ class Report:
             ("gateway RSS MiB, first -> last sample",
              f"{leak.rss_mib[0]:.1f} -> {leak.rss_mib[1]:.1f}"),
             ("RSS slope, KiB per 1000 requests (least squares)",
-             "-" if rss is None else f"{rss:+.1f} (limit {RSS_LIMIT_KIB_PER_1000:g})"),
+             "-" if rss is None else f"{rss:+.1f} (limit {leak.limits[0]:g})"),
             ("gateway open fds, first -> last sample", f"{leak.fds[0]} -> {leak.fds[1]}"),
             ("fd slope, per 1000 requests (least squares)",
-             "-" if fds is None else f"{fds:+.2f} (limit {FDS_LIMIT_PER_1000:g})"),
+             "-" if fds is None else f"{fds:+.2f} (limit {leak.limits[1]:g})"),
             ("verdict", "pass" if leak.passed else "FAIL: " + "; ".join(leak.problems)),
         ]  # fmt: skip
         return _markdown(("leak, steady segment (no kill -9, no SIGHUP)", "figure"), rows)

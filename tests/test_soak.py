@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from soak import Report, _settle, soak
 from soak_report import (
+    CI_RSS_LIMIT_KIB_PER_1000,
     FDS_LIMIT_PER_1000,
-    RSS_LIMIT_KIB_PER_1000,
     Sample,
     floor,
     leak_verdict,
@@ -30,7 +30,10 @@ from soak_report import (
 
 @pytest.mark.timeout(420)
 def test_short_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    report = soak(duration_s=80, workdir=tmp_path, fault_every_s=2.5, steady_s=24, sample_every_s=2)
+    report = soak(
+        duration_s=80, workdir=tmp_path, fault_every_s=2.5, steady_s=24, sample_every_s=2,
+        rss_limit=CI_RSS_LIMIT_KIB_PER_1000,
+    )  # fmt: skip
     print(report.table())
     assert not report.lost, report.lost[:5]
     assert not report.duplicated, report.duplicated[:5]
@@ -53,6 +56,7 @@ def test_the_leak_check_fails_on_a_planted_slope() -> None:
     leaking = [Sample(s.at, s.served, s.rss + 4 * s.served * 1024, s.fds) for s in flat]
     verdict = leak_verdict(leaking)
     assert not verdict.passed and verdict.rss_kib_per_1000 == pytest.approx(4000, rel=0.1)
+    assert not leak_verdict(leaking, CI_RSS_LIMIT_KIB_PER_1000).passed
     fds = [Sample(s.at, s.served, s.rss, 20 + s.served // 100) for s in flat]
     assert not leak_verdict(fds).passed and "fds grow" in leak_verdict(fds).problems[0]
     idle = [Sample(n, 0, 200 * 2**20, 20) for n in range(10)]
@@ -98,7 +102,7 @@ def test_the_leak_check_fails_on_a_leaking_process() -> None:
     the same verdict; the same process freeing them passes."""
     verdict = leak_verdict(_serve_and_sample("leak"))
     assert verdict.rss_kib_per_1000 is not None and verdict.fds_per_1000 is not None
-    assert verdict.rss_kib_per_1000 > 4 * RSS_LIMIT_KIB_PER_1000
+    assert verdict.rss_kib_per_1000 > 4 * CI_RSS_LIMIT_KIB_PER_1000
     assert verdict.fds_per_1000 > FDS_LIMIT_PER_1000
     assert not verdict.passed and len(verdict.problems) == 2
     assert leak_verdict(_serve_and_sample("free")).passed
@@ -120,3 +124,11 @@ def test_the_soak_counts_every_answer_per_request() -> None:
     assert [line.split(":")[0] for line in report.duplicated] == [
         "mqtt twice", "mqtt after-rejected", "mqtt different"]  # fmt: skip
     assert report.lost == ["mqtt lost: no final"]
+
+
+def test_only_requests_in_flight_at_a_cloud_kill_count_as_cut_by_it() -> None:
+    report = Report(cloud_kills=[10.0])
+    assert report.cloud_cut(9.0, "http 500 engine_error: openai failed mid-reply")
+    assert not report.cloud_cut(11.0, "http 500 engine_error: sent after the kill")
+    assert not report.cloud_cut(9.0, "http 404 model_not_found: not a cloud failure")
+    assert report.cut_by_cloud == 1
