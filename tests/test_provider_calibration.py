@@ -26,12 +26,14 @@ CACHE = "provider_calibration.json"
 OPENVINO_CPU = Installed(openvino=True, openvino_devices=frozenset({"CPU"}))
 
 
-def choose(state: Path, objective: str, installed: Installed) -> Selection:
+def choose(
+    state: Path, objective: str, installed: Installed, options: dict | None = None
+) -> Selection:
     """What the daemon's start does with `provider = "auto"`."""
     from agent.engine.calibration import Calibration
 
     calibration = Calibration(state, objective, threads=2)  # type: ignore[arg-type]
-    return select(TINY, None, "auto", False, {}, detect(), installed, calibration)
+    return select(TINY, None, "auto", False, options or {}, detect(), installed, calibration)
 
 
 def events(logs: list[dict], name: str) -> list[dict]:
@@ -50,15 +52,20 @@ def detect_json(state: Path) -> dict[str, Any]:
 def test_auto_calibrates_once_then_reads_the_cache(daemon_factory, tmp_path: Path) -> None:
     state = tmp_path / "state"
     first = daemon_factory("--provider", "auto", "--state-dir", str(state))
+    # Every accepted provider is measured: the CPU EP everywhere, OpenVINO where its plugin
+    # offers the CPU device (not on this machine's AMD CPU).
     measured = events(first.logs, "provider calibrated")
-    assert [e["provider"] for e in measured] == ["cpu"]
-    assert measured[0]["decode_tok_s"] > 0 and measured[0]["ttft_ms"] > 0
+    providers = [e["provider"] for e in measured]
+    assert "cpu" in providers and all(e["decode_tok_s"] > 0 and e["ttft_ms"] > 0 for e in measured)
     choice = first.status()["provider_choice"]
-    assert choice["objective"] == "decode" and choice["provider"] == "cpu"
-    assert "only accepted provider" in choice["reason"]
-    [figures] = choice["figures"]
-    assert figures["provider"] == "cpu" and figures["source"] == "measured"
-    assert figures["decode_tok_s"] == measured[0]["decode_tok_s"]
+    fastest = max(measured, key=lambda e: e["decode_tok_s"])["provider"]
+    assert choice["objective"] == "decode" and choice["provider"] == fastest
+    if providers == ["cpu"]:
+        assert "only accepted provider" in choice["reason"]
+    figures = {f["provider"]: f for f in choice["figures"]}
+    assert set(figures) == set(providers)
+    assert {f["source"] for f in figures.values()} == {"measured"}
+    assert figures["cpu"]["decode_tok_s"] == measured[providers.index("cpu")]["decode_tok_s"]
     assert (state / CACHE).is_file()
     assert first.stop() == 0
 
@@ -67,21 +74,23 @@ def test_auto_calibrates_once_then_reads_the_cache(daemon_factory, tmp_path: Pat
         "--provider", "auto", "--state-dir", str(state), "--provider-objective", "ttft"
     )
     assert events(second.logs, "provider calibrated") == []  # not measured again
-    assert [e["provider"] for e in events(second.logs, "provider calibration cached")] == ["cpu"]
+    cached_events = events(second.logs, "provider calibration cached")
+    assert [e["provider"] for e in cached_events] == providers
     again = second.status()["provider_choice"]
-    assert again["objective"] == "ttft" and again["provider"] == "cpu"
-    [cached] = again["figures"]
-    assert cached == {**figures, "source": "cache"}
+    quickest = min(measured, key=lambda e: e["ttft_ms"])["provider"]
+    assert again["objective"] == "ttft" and again["provider"] == quickest
+    cached = {f["provider"]: f for f in again["figures"]}
+    assert cached == {name: {**f, "source": "cache"} for name, f in figures.items()}
 
     shown = detect_json(state)["provider_choice"]
-    assert shown["provider"] == "cpu" and shown["figures"] == [cached]
+    assert shown["provider"] == fastest and shown["figures"] == again["figures"]
     table = subprocess.run(
         [sys.executable, "-m", "agent", "detect"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
         env={**os.environ, "EDGE_AGENT_STATE_DIR": str(state), "EDGE_AGENT_PROVIDER": "auto"},
     ).stdout  # fmt: skip
     assert "provider choice (objective: decode tokens/s)" in table
-    assert f"{cached['decode_tok_s']:.1f} tok/s" in table and "only accepted provider" in table
+    assert f"{cached['cpu']['decode_tok_s']:.1f} tok/s" in table
 
 
 def test_a_named_provider_is_not_calibrated(daemon_factory) -> None:
@@ -118,8 +127,10 @@ def test_the_objective_decides_between_measured_providers(tmp_path: Path) -> Non
 
 
 def test_a_failing_calibration_falls_back_to_the_ranking(tmp_path: Path) -> None:
-    """The OpenVINO plugin really cannot create a session here: the ranking applies."""
-    selection = choose(tmp_path, "decode", OPENVINO_CPU)
+    """OpenVINO cannot create a session on a device that does not exist (nor at all on this
+    machine): the ranking applies."""
+    bogus = {"openvino": {"device_type": "NO_SUCH_DEVICE"}}
+    selection = choose(tmp_path, "decode", OPENVINO_CPU, bogus)
     assert [p.label for p in selection.plans] == ["openvino:cpu", "cpu"]  # the ranking
     reason = selection.choice.reason
     assert "calibration failed for openvino:cpu" in reason and "ranking order" in reason

@@ -1,22 +1,21 @@
-"""Routing and cloud fallback against real servers: the "cloud" is a second edge-agent
-process, which speaks both the OpenAI and the Ollama API exactly as vLLM/Ollama do."""
+"""Routing and cloud fallback where no server from elsewhere can play the upstream: the
+"cloud" is a second edge-agent process, for the Ollama API (llama.cpp does not serve it),
+for an endpoint kept busy so that it is slow to a first token, and where the test reads the
+upstream's own count of cancelled streams. Against a real OpenAI-compatible server
+(llama.cpp's): tests/upstream/."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 
 import httpx
 import ollama
 import openai
-import psutil
 import pytest
 
 from agent.routing.governor import Signal
 from tests.conftest import Daemon, start_daemon, wait_for
-from tests.mqtt_support import Broker, Device, free_port
+from tests.mqtt_support import Broker, Device
 
 ASK = {"model": "tiny", "messages": [{"role": "user", "content": "Hello, gateway!"}]}
 LONG = ("--max-context", "16384")
@@ -48,9 +47,8 @@ def endpoint_name(kind: str, daemon: Daemon) -> str:
     return f"{kind}:127.0.0.1:{daemon.url.rsplit(':', 1)[1]}"
 
 
-@pytest.mark.parametrize("kind", ["openai", "ollama"])
-def test_cloud_only_over_each_api_kind(daemon_factory, cloud: Daemon, kind: str) -> None:
-    base = f"{cloud.url}/v1" if kind == "openai" else cloud.url
+def test_cloud_only_over_the_ollama_api(daemon_factory, cloud: Daemon) -> None:
+    kind, base = "ollama", cloud.url
     gateway = daemon_factory("--cloud", f"{kind}={base}")
     before = served(cloud)
     local = chat(gateway, "local_only", max_tokens=12).json()
@@ -75,74 +73,6 @@ def test_cloud_only_over_each_api_kind(daemon_factory, cloud: Daemon, kind: str)
     assert served(cloud) == before + 3
 
 
-def test_local_only_never_leaves_the_gateway(daemon_factory, cloud: Daemon) -> None:
-    # The CPU signal is off: the test's own processes share this machine's cores.
-    gateway = daemon_factory("--cloud", f"openai={cloud.url}/v1", "--max-batch", "1",
-                             "--max-queue", "0", "--cpu-enter-percent", "100", *LONG)  # fmt: skip
-    before = served(cloud)
-    with httpx.Client(timeout=60) as client, client.stream(
-        "POST", f"{gateway.url}/v1/chat/completions",
-        json={**ASK, "max_tokens": 16000, "stream": True, "route": "local_only"},
-    ) as busy:  # fmt: skip
-        lines = busy.iter_lines()
-        next(line for line in lines if '"content":"' in line and '"content":""' not in line)
-        refused = chat(gateway, "local_only", max_tokens=4)
-        assert refused.status_code == 503
-        assert refused.headers["retry-after"]
-        assert refused.json()["error"]["code"] == "server_busy"
-        assert served(cloud) == before  # it never left the device
-        spilled = chat(gateway, "prefer_local", max_tokens=4)
-        assert spilled.headers["x-edge-backend"].startswith("openai:")
-        assert spilled.headers["x-edge-route-reason"] == "fallback:queue_full"
-    assert served(cloud) == before + 1
-    assert gateway.status()["routing"]["fallbacks"] == {"queue_full": 1.0}
-
-
-HOG = """
-import sys
-block = bytearray(int(sys.argv[1]) * 1024 * 1024)
-for i in range(0, len(block), 4096):
-    block[i] = 1
-print("allocated", flush=True)
-sys.stdin.read()
-"""
-
-
-def test_memory_pressure_moves_traffic_to_the_cloud_and_back(daemon_factory, cloud) -> None:
-    available_mb = psutil.virtual_memory().available / 2**20
-    gateway = daemon_factory(
-        "--cloud", f"openai={cloud.url}/v1",
-        "--memory-reserve-mb", str(int(available_mb - 3000)),
-        "--memory-resume-mb", str(int(available_mb - 2000)),
-        "--governor-interval-s", "0.1",
-        "--cpu-enter-percent", "100",  # only memory may decide here
-    )  # fmt: skip
-
-    def memory_short() -> bool:
-        return gateway.status()["routing"]["signals"]["memory"]["short"]
-
-    wait_for(lambda: not memory_short())
-    assert chat(gateway, max_tokens=2).headers["x-edge-backend"] == "local"
-    hog = subprocess.Popen(
-        [sys.executable, "-c", HOG, "4500"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert hog.stdout.readline().startswith("allocated")
-        wait_for(memory_short)
-        moved = chat(gateway, max_tokens=2)
-        assert moved.headers["x-edge-backend"].startswith("openai:")
-        assert moved.headers["x-edge-route-reason"] == "fallback:memory"
-        assert chat(gateway, "local_only", max_tokens=2).headers["x-edge-backend"] == "local"
-    finally:
-        hog.communicate("")
-    wait_for(lambda: not memory_short())
-    assert chat(gateway, max_tokens=2).headers["x-edge-backend"] == "local"
-    assert gateway.status()["routing"]["fallbacks"]["memory"] == 1
-
-
 def test_hysteresis_keeps_a_signal_from_flapping() -> None:
     memory = Signal("memory", enter=256, leave=512, worse_above=False)
     readings = [1000, 300, 250, 300, 500, 511, 513, 300, 255]
@@ -151,62 +81,6 @@ def test_hysteresis_keeps_a_signal_from_flapping() -> None:
         memory.update(value)
         states.append(memory.short)
     assert states == [False, False, True, True, True, True, False, False, True]
-
-
-def test_latency_budget_spills_a_burst_to_the_cloud(daemon_factory, cloud: Daemon) -> None:
-    gateway = daemon_factory("--cloud", f"openai={cloud.url}/v1", "--max-batch", "1",
-                             "--latency-budget-s", "0.2", "--cpu-enter-percent", "100",
-                             *LONG)  # fmt: skip
-    assert chat(gateway, max_tokens=3000).headers["x-edge-backend"] == "local"  # learns timing
-    results: list[httpx.Response] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        reply = chat(gateway, max_tokens=3000)
-        with lock:
-            results.append(reply)
-
-    threads = [threading.Thread(target=one) for _ in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    backends = [r.headers["x-edge-backend"] for r in results]
-    assert all(r.status_code == 200 for r in results)
-    assert "local" in backends
-    spilled = [r for r in results if r.headers["x-edge-backend"] != "local"]
-    assert spilled
-    assert all(r.headers["x-edge-route-reason"] == "fallback:latency_budget" for r in spilled)
-
-
-def test_cloud_killed_mid_stream_then_breaker_opens_and_recovers(daemon_factory) -> None:
-    port = free_port()
-    doomed = start_daemon(*LONG, "--http-port", str(port))
-    gateway = daemon_factory("--cloud", f"openai={doomed.url}/v1", "--breaker-failures", "1",
-                             "--breaker-cooldown-s", "1", "--probe-interval-s", "0.2")  # fmt: skip
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x")
-    stream = client.chat.completions.create(
-        **ASK, max_tokens=16000, stream=True, extra_body={"route": "cloud_only"}
-    )
-    chunks = iter(stream)
-    first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
-    assert first
-    doomed.process.kill()
-    doomed.process.wait(10)
-    with pytest.raises(openai.APIError, match="failed mid-reply"):  # the SSE error event
-        list(chunks)
-    wait_for(lambda: set(gateway.status()["routing"]["breakers"].values()) == {"open"})
-    after = chat(gateway, "prefer_cloud", max_tokens=2)
-    assert after.headers["x-edge-backend"] == "local"
-    with pytest.raises(openai.APIStatusError) as raised:
-        client.chat.completions.create(**ASK, max_tokens=2, extra_body={"route": "cloud_only"})
-    assert raised.value.status_code == 503
-    revived = start_daemon(*LONG, "--http-port", str(port))
-    try:
-        wait_for(lambda: set(gateway.status()["routing"]["breakers"].values()) == {"closed"})
-        assert chat(gateway, "cloud_only", max_tokens=2).status_code == 200
-    finally:
-        revived.stop()
 
 
 def test_an_endpoint_slow_to_first_token_is_abandoned(daemon_factory, cloud: Daemon) -> None:

@@ -85,7 +85,7 @@ class GeneratorPath:
             "kept_limit": self.limit,
             "prefilled_tokens": self.prefilled_tokens,
             "reused_tokens": self.reused_tokens,
-            "prefill_left": self.running.prefill_left if self.running else 0,
+            "prefill_left": running.prefill_left if (running := self.running) else 0,
         }
 
     def serves(self, job: Job) -> bool:

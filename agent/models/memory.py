@@ -59,7 +59,9 @@ def fitting_length(
             if need(info, length, batch).total_bytes <= available:
                 return length
             length -= CONTEXT_STEP
-    advice = "lower max_context or max_batch" + ("" if fit_context else ", or set fit_context")
+    advice = "lower max_context, max_batch or prefix_cache_entries" + (
+        "" if fit_context else ", or set fit_context"
+    )
     raise ModelDoesNotFit(
         f"{info.name} ({info.variant}) needs {wanted.describe()}, but only "
         f"{max(available, 0) / MIB:.0f} MiB are available after the memory reserve: {advice}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import ollama
 import openai
+import psutil
 import pytest
 
 from tests.conftest import REPO, Daemon, wait_for
@@ -25,6 +27,7 @@ from tests.mqtt_support import free_port
 UPSTREAM_PYTHON = REPO / ".venv-upstream" / "bin" / "python"
 GGUF = REPO / "models" / "real" / "download" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+LONG = ("--max-context", "16384")
 COUNTING = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
 WEATHER = {
     "type": "function",
@@ -114,6 +117,12 @@ def upstream() -> Iterator[LlamaServer]:
     server.stop()
 
 
+def chat(gateway: Daemon, route: str | None = None, **body: object) -> httpx.Response:
+    headers = {"X-Edge-Route": route} if route else {}
+    ask = {"model": "tiny", "messages": QUESTION, "temperature": 0, **body}
+    return httpx.post(f"{gateway.url}/v1/chat/completions", json=ask, headers=headers, timeout=60)
+
+
 def backend_name(server: LlamaServer) -> str:
     return f"openai:127.0.0.1:{server.port}"
 
@@ -172,7 +181,9 @@ def test_a_busy_gateway_falls_back_to_the_upstream(daemon_factory, upstream) -> 
     gateway = daemon_factory("--cloud", f"openai={upstream.url}/v1", "--max-batch", "1",
                              "--max-queue", "0", "--cpu-enter-percent", "100",
                              "--max-context", "16384")  # fmt: skip
+    mark = len(upstream.lines)
     expected = direct(upstream, max_tokens=12).choices[0].message.content
+    upstream.wait_for_line("POST /v1/chat/completions", after=mark)  # its log line is out
     served_before = upstream.completions_served()
     ask = {"messages": QUESTION, "max_tokens": 12, "temperature": 0}
     with httpx.Client(timeout=60) as client, client.stream(
@@ -284,3 +295,74 @@ def test_upstream_killed_mid_stream_then_breaker_opens_and_recovers(daemon_facto
         doomed.stop()
         if revived is not None:
             revived.stop()
+
+
+HOG = """
+import sys
+block = bytearray(int(sys.argv[1]) * 1024 * 1024)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("allocated", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_memory_pressure_moves_traffic_to_the_cloud_and_back(daemon_factory, upstream) -> None:
+    available_mb = psutil.virtual_memory().available / 2**20
+    gateway = daemon_factory(
+        "--cloud", f"openai={upstream.url}/v1",
+        "--memory-reserve-mb", str(int(available_mb - 3000)),
+        "--memory-resume-mb", str(int(available_mb - 2000)),
+        "--governor-interval-s", "0.1",
+        "--cpu-enter-percent", "100",  # only memory may decide here
+    )  # fmt: skip
+
+    def memory_short() -> bool:
+        return gateway.status()["routing"]["signals"]["memory"]["short"]
+
+    wait_for(lambda: not memory_short())
+    assert chat(gateway, max_tokens=2).headers["x-edge-backend"] == "local"
+    hog = subprocess.Popen(
+        [sys.executable, "-c", HOG, "4500"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hog.stdout.readline().startswith("allocated")
+        wait_for(memory_short)
+        moved = chat(gateway, max_tokens=2)
+        assert moved.headers["x-edge-backend"].startswith("openai:")
+        assert moved.headers["x-edge-route-reason"] == "fallback:memory"
+        assert chat(gateway, "local_only", max_tokens=2).headers["x-edge-backend"] == "local"
+    finally:
+        hog.communicate("")
+    wait_for(lambda: not memory_short())
+    assert chat(gateway, max_tokens=2).headers["x-edge-backend"] == "local"
+    assert gateway.status()["routing"]["fallbacks"]["memory"] == 1
+
+
+def test_latency_budget_spills_a_burst_to_the_cloud(daemon_factory, upstream) -> None:
+    gateway = daemon_factory("--cloud", f"openai={upstream.url}/v1", "--max-batch", "1",
+                             "--latency-budget-s", "0.2", "--cpu-enter-percent", "100",
+                             *LONG)  # fmt: skip
+    assert chat(gateway, max_tokens=3000).headers["x-edge-backend"] == "local"  # learns timing
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        reply = chat(gateway, max_tokens=3000)
+        with lock:
+            results.append(reply)
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    backends = [r.headers["x-edge-backend"] for r in results]
+    assert all(r.status_code == 200 for r in results)
+    assert "local" in backends
+    spilled = [r for r in results if r.headers["x-edge-backend"] != "local"]
+    assert spilled
+    assert all(r.headers["x-edge-route-reason"] == "fallback:latency_budget" for r in spilled)
