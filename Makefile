@@ -67,7 +67,7 @@ bench: setup
 # where llama-cpp-python is compiled once (the `upstream` target); peers.py starts them with
 # that venv's Python. ARGS="--shape smollm2" runs the real model (`make real-model`).
 bench-peers: setup upstream
-	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install "matplotlib>=3.8"
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -e ".[bench-peers]"
 	$(BIN)/python scripts/bench/peers.py $(ARGS)
 
 # The ARM64 proof (root; slow, not in CI): an arm64 Debian root under qemu-user, the gateway

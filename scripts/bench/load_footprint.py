@@ -2,11 +2,12 @@
 
 Each (model, lever) loads in a fresh process of its own, the way the daemon loads
 (agent/engine/loading.py: og.Model with the daemon's session and search settings, then
-og.Engine with its static batch of 8), then serves `--repeats` greedy requests on
-og.Generator (the daemon's path for a lone request) to check that the lever does not cost
-decode speed. The child reports /proc/self/status at each stage; the parent samples the
-child's anonymous and file-backed resident memory every 5 ms, so the peak is split into
-heap (prepacked weights, arena, KV cache) and mapped file pages (onnxruntime maps
+og.Engine with its static batch, the daemon's default of 4), then serves `--repeats` greedy
+requests on og.Generator (the daemon's path for a lone request) to check that the lever
+does not cost decode speed. The KV cache og.Engine allocates for its static batch is in the
+second peak, not the first. The child reports /proc/self/status at each stage; the parent
+samples the child's anonymous and file-backed resident memory every 5 ms, so the peak is
+split into heap (prepacked weights, arena, KV cache) and mapped file pages (onnxruntime maps
 page-aligned external initializers; clean file pages, the kernel can drop them).
 
 Levers (`--levers`, comma-separated):
@@ -18,11 +19,18 @@ Levers (`--levers`, comma-separated):
                 onnxruntime maps them instead of copying them into the heap
   unaligned     the opposite, for a model that is aligned already (offsets + 64 bytes)
   no-engine     og.Model alone, og.Engine created after the first request (load order)
+  acc1          MatMulNBits at accuracy level 1 (fp32 compute) instead of the builder's 4
+                (int8 compute, whose packed weights are larger than the int4 file): the same
+                weights, only model.onnx's attributes rewritten
+  prepacked     a copy that onnxruntime optimized and saved once with its prepacked weights
+                in the external data file (`session.save_external_prepacked_constant_
+                initializers`), so that a load maps them instead of packing them again
 Rewritten copies are cached in models/bench-footprint/ (git-ignored).
 
 Usage: python scripts/bench/load_footprint.py VARIANT_DIR [VARIANT_DIR ...]
            [--levers baseline,no-prepack,...] [--tokens 32] [--repeats 2] [--passes 1]
-           [--max-length 512] [--threads 2] [--json FILE]
+           [--sentences 12]
+           [--max-length 512] [--max-batch 4] [--threads 2] [--json FILE]
 """
 
 from __future__ import annotations
@@ -48,8 +56,13 @@ LEVERS = {
     "aligned": {},
     "unaligned": {},
     "no-engine": {},
+    "prepacked": {},
+    "acc1": {},
 }
-PROMPT = " ".join(f"sensor {i} reports {i * 7 % 100} degrees." for i in range(20))
+
+
+def prompt(sentences: int) -> str:
+    return " ".join(f"sensor {i} reports {i * 7 % 100} degrees." for i in range(sentences))
 
 
 def status() -> dict[str, int]:
@@ -63,8 +76,8 @@ def status() -> dict[str, int]:
     return found
 
 
-def child(variant: str, session: dict, threads: int, max_length: int, engine_first: bool,
-          tokens: int, repeats: int) -> None:  # fmt: skip
+def child(variant: str, session: dict, threads: int, max_length: int, max_batch: int,
+          engine_first: bool, tokens: int, repeats: int, sentences: int) -> None:  # fmt: skip
     """Load like the daemon, report each stage's memory, then time greedy requests."""
     started = time.perf_counter()
 
@@ -81,7 +94,7 @@ def child(variant: str, session: dict, threads: int, max_length: int, engine_fir
     config.overlay(json.dumps({
         "model": {"decoder": {"session_options": options}},
         "search": {"max_length": max_length},
-        "engine": {"static_batching": {"max_batch_size": 8}},
+        "engine": {"static_batching": {"max_batch_size": max_batch}},
     }))  # fmt: skip
     config.clear_providers()
     model = og.Model(config)
@@ -89,7 +102,7 @@ def child(variant: str, session: dict, threads: int, max_length: int, engine_fir
     engine = og.Engine(model) if engine_first else None
     stage("loaded")
     tokenizer = og.Tokenizer(model)
-    ids = np.asarray(tokenizer.encode(PROMPT), dtype=np.int32)
+    ids = np.asarray(tokenizer.encode(prompt(sentences)), dtype=np.int32)
     ttfts, rates = [], []
     for _ in range(repeats):
         params = og.GeneratorParams(model)
@@ -145,6 +158,54 @@ def rewrite(variant: Path, shift: int) -> Path:
     return target
 
 
+def prepacked(variant: Path) -> Path:
+    """A copy of `variant` as onnxruntime saves it after optimizing and prepacking."""
+    target = CACHE / f"{variant.parent.name}-{variant.name}-prepacked"
+    if (target / "model.onnx").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for item in variant.iterdir():
+        if item.name not in ("model.onnx", "model.onnx.data"):
+            shutil.copy(item, target / item.name)
+    saving = {
+        "session.optimized_model_filepath": str(target / "model.onnx"),
+        "session.save_external_prepacked_constant_initializers": "1",
+        "session.optimized_model_external_initializers_file_name": "model.onnx.data",
+        "session.optimized_model_external_initializers_min_size_in_bytes": "1024",
+    }
+    code = (
+        "import json, sys, onnxruntime_genai as og; c = og.Config(sys.argv[1]); "
+        "options = json.loads(sys.argv[2]); "
+        "c.overlay(json.dumps({'model': {'decoder': {'session_options': options}}})); "
+        "c.clear_providers(); og.Model(c)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(variant), json.dumps(saving)], check=True)
+    return target
+
+
+def accuracy_level(variant: Path, level: int) -> Path:
+    """A copy of `variant` whose MatMulNBits nodes compute at `level` (weights hard-linked)."""
+    import onnx
+
+    target = CACHE / f"{variant.parent.name}-{variant.name}-acc{level}"
+    if (target / "model.onnx").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for item in variant.iterdir():
+        if item.name == "model.onnx.data":
+            (target / item.name).hardlink_to(item)  # onnxruntime refuses symlinks out
+        elif item.name != "model.onnx":
+            shutil.copy(item, target / item.name)
+    graph = onnx.load(str(variant / "model.onnx"), load_external_data=False)
+    for node in graph.graph.node:
+        if node.op_type == "MatMulNBits":
+            for attribute in node.attribute:
+                if attribute.name == "accuracy_level":
+                    attribute.i = level
+    onnx.save(graph, str(target / "model.onnx"))
+    return target
+
+
 class Sampler(threading.Thread):
     """Peak RssAnon / RssFile of a process, sampled every 5 ms until stopped."""
 
@@ -170,10 +231,15 @@ def measure(variant: Path, lever: str, args: argparse.Namespace) -> dict[str, fl
     """One fresh load of `variant` with `lever`: its stages and the sampled peaks."""
     if lever in ("aligned", "unaligned"):
         variant = rewrite(variant, 0 if lever == "aligned" else 64)
+    elif lever == "prepacked":
+        variant = prepacked(variant)
+    elif lever == "acc1":
+        variant = accuracy_level(variant, 1)
     command = [sys.executable, __file__, "--child", str(variant), "--session",
-               json.dumps(LEVERS[lever]), "--threads", str(args.threads), "--max-length",
-               str(args.max_length), "--tokens", str(args.tokens),
-               "--repeats", str(args.repeats)]  # fmt: skip
+               json.dumps(LEVERS[lever]), "--threads", str(args.threads),
+               "--max-length", str(args.max_length), "--max-batch", str(args.max_batch),
+               "--tokens", str(args.tokens), "--repeats", str(args.repeats),
+               "--sentences", str(args.sentences)]  # fmt: skip
     if lever == "no-engine":
         command.append("--engine-last")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -197,7 +263,8 @@ def measure(variant: Path, lever: str, args: argparse.Namespace) -> dict[str, fl
         "load_peak_ratio": loaded["VmHWM"] / weights,
         "load_peak_anon_mib": load_peaks["RssAnon"] / MIB,
         "load_peak_file_mib": load_peaks["RssFile"] / MIB,
-        "model_rss_mib": stages["model"]["VmRSS"] / MIB,
+        "model_peak_mib": stages["model"]["VmHWM"] / MIB,
+        "model_peak_ratio": stages["model"]["VmHWM"] / weights,
         "idle_rss_mib": idle["VmRSS"] / MIB,
         "idle_anon_mib": idle["RssAnon"] / MIB,
         "idle_file_mib": idle["RssFile"] / MIB,
@@ -214,7 +281,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--sentences", type=int, default=12, help="prompt: ~9 tokens each")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -223,7 +292,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args.child, json.loads(args.session), args.threads, args.max_length,
-              not args.engine_last, args.tokens, args.repeats)  # fmt: skip
+              args.max_batch, not args.engine_last, args.tokens, args.repeats,
+              args.sentences)  # fmt: skip
         return
     levers = args.levers.split(",")
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -237,12 +307,13 @@ def main() -> None:
                 print(f"{name} {lever}: {json.dumps(figures)}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    print(f"\n{args.threads} threads, max_length {args.max_length}, static batch 8, "
-          f"{args.repeats} og.Generator requests of {args.tokens} tokens, "
+    print(f"\n{args.threads} threads, max_length {args.max_length}, static batch {args.max_batch}, "
+          f"{args.repeats} og.Generator requests of ~{args.sentences * 9}+{args.tokens} tokens, "
           f"medians of {args.passes} passes")  # fmt: skip
-    print("\n| model | lever | weights MiB | load s | peak at load MiB (x weights) | of which "
-          "anon / file MiB | idle RSS MiB (anon + file) | TTFT ms | decode tok/s |")  # fmt: skip
-    print("| --- " * 9 + "|")
+    print("\n| model | lever | weights MiB | load s | peak after og.Model MiB (x weights) "
+          "| peak after og.Engine MiB (x weights) | of which anon / file MiB "
+          "| idle RSS MiB (anon + file) | TTFT ms | decode tok/s |")  # fmt: skip
+    print("| --- " * 10 + "|")
     for name, by_lever in results.items():
         for lever, runs in by_lever.items():
 
@@ -251,6 +322,7 @@ def main() -> None:
 
             print(
                 f"| {name} | {lever} | {mid('weights_mib'):.0f} | {mid('load_s'):.2f} "
+                f"| {mid('model_peak_mib'):.0f} ({mid('model_peak_ratio'):.2f}x) "
                 f"| {mid('load_peak_mib'):.0f} ({mid('load_peak_ratio'):.2f}x) "
                 f"| {mid('load_peak_anon_mib'):.0f} / {mid('load_peak_file_mib'):.0f} "
                 f"| {mid('idle_rss_mib'):.0f} ({mid('idle_anon_mib'):.0f} + "

@@ -220,14 +220,18 @@ class Daemon:
 
 
 class DaemonHttp(Peer):
-    def __init__(self, daemon: Daemon, label: str = "daemon HTTP SSE"):
-        self.daemon, self.pid, self.label = daemon, daemon.pid, label
+    """`ignore_eos` False: the reply ends where the model ends it (at most `tokens`). The
+    daemon serves `ignore_eos` (a minimum length) on og.Engine only, so a lone request on
+    its default path needs it off."""
+
+    def __init__(self, daemon: Daemon, label: str = "daemon HTTP SSE", ignore_eos: bool = True):
+        self.daemon, self.pid, self.label, self.ignore_eos = daemon, daemon.pid, label, ignore_eos
 
     def run(self, prompt: Prompt, tokens: int) -> Run:
         body = {
             "model": self.daemon.model_name, "prompt": prompt.text, "max_tokens": tokens,
-            "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+            "temperature": 0, "ignore_eos": self.ignore_eos,
+            "stream": True, "stream_options": {"include_usage": True},
         }  # fmt: skip
         logged = len(self.daemon.finished)
         timing = stream_sse(self.daemon.client, f"{self.daemon.url}/v1/completions", body)
@@ -241,8 +245,11 @@ class DaemonHttp(Peer):
 class DaemonMqtt(Peer):
     """A paho MQTT 5 device: the request on infer/req, chunks and the final on its topic."""
 
-    def __init__(self, daemon: Daemon, port: int, label: str = "daemon MQTT"):
+    def __init__(
+        self, daemon: Daemon, port: int, label: str = "daemon MQTT", ignore_eos: bool = True
+    ):
         self.pid, self.model_name, self.label = daemon.pid, daemon.model_name, label
+        self.ignore_eos = ignore_eos
         self.topic = f"bench/{uuid.uuid4().hex[:6]}"
         self.waiting: dict[bytes, queue.Queue] = {}
         self.client = mqtt_device(port, self.topic, self._on_message)
@@ -260,8 +267,7 @@ class DaemonMqtt(Peer):
         properties.CorrelationData = correlation
         body = {
             "model": self.model_name, "messages": prompt.chat, "max_tokens": tokens,
-            "temperature": 0,
-            "ignore_eos": True, "stream": True,
+            "temperature": 0, "ignore_eos": self.ignore_eos, "stream": True,
         }  # fmt: skip
         started = time.perf_counter()
         topic = "edge-agent/v1/bench/infer/req"

