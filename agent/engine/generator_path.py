@@ -2,11 +2,11 @@
 so that the next request sharing a prompt prefix (a profile's system prompt, a tools block,
 a conversation that goes on) skips that prefix's prefill.
 
-Why: on a real model og.Generator decodes faster than og.Engine (0.92x on SmolLM2), and only
-a Generator can keep a prefix: `rewind_to` drops the last question and answer, and only the
-new tokens are prefilled (0.14x the cold time to first token; og.Engine's turns cannot hold
-a prefix without a generated token behind it: scripts/bench/prefix_reuse.py). og.Engine
-still serves batches: requests that arrive together.
+Why: only a Generator can keep a prefix: `rewind_to` drops the last question and answer, and
+only the new tokens are prefilled (0.14x the cold time to first token; og.Engine's turns
+cannot hold a prefix without a generated token behind it: scripts/bench/prefix_reuse.py),
+and it decodes at least as fast as og.Engine (scripts/bench/RESULTS.md). og.Engine still
+serves batches: requests that arrive together.
 
 A Generator holds the GIL while it prefills, so the prompt goes in slices, and between two
 the owner thread waits for the event loop to turn: /health and MQTT keep-alives are answered
@@ -35,7 +35,10 @@ MIN_REUSE = 16  # a shorter shared prefix is not worth a cached Generator's memo
 CAPACITY_STEP = 512  # Generators are sized in steps so that later requests fit in them
 _TOKEN = int(og.EngineEventFlags.TOKEN)
 _FINISHED = int(og.EngineEventFlags.TURN_FINISHED)
-Search = tuple[tuple[str, float | bool], ...]  # og search options, the cache key with capacity
+# The og search options and the grammar a Generator was made with: fixed at its creation,
+# so they are the cache key (with room enough). A kept Generator's grammar starts over when
+# it is rewound: a guided request on it gives a cold Generator's tokens (tested).
+Search = tuple[tuple[str, float | bool | str], ...]
 
 
 @dataclass(frozen=True)
@@ -89,19 +92,24 @@ class GeneratorPath:
         }
 
     def serves(self, job: Job) -> bool:
-        """Guided and min-length requests stay on og.Engine: their state is per turn there."""
-        sampling = job.request.sampling
-        return self.enabled and job.guidance is None and not sampling.min_tokens
+        """Min-length requests stay on og.Engine: a Generator's minimum counts the prompt
+        too, so no kept one would match."""
+        return self.enabled and not job.request.sampling.min_tokens
 
     def open(self, job: Job, defaults: SearchDefaults) -> GeneratorTurn:
-        search: Search = tuple(sorted(search_options(job, defaults).items()))
+        options: dict[str, float | bool | str] = dict(search_options(job, defaults))
+        if job.guidance is not None:
+            options["guidance"] = f"{job.guidance.kind}\n{job.guidance.data}"
+        search: Search = tuple(sorted(options.items()))
         needed = len(job.prompt_ids) + job.max_tokens
         prompt = job.prompt_ids
         kept, shared = self._take(prompt, search, needed)
         if kept is None:
             capacity = min(self.max_length, -(-needed // CAPACITY_STEP) * CAPACITY_STEP)
             params = og.GeneratorParams(self.model)
-            params.set_search_options(max_length=capacity, **dict(search))
+            params.set_search_options(max_length=capacity, **search_options(job, defaults))
+            if job.guidance is not None:
+                params.set_guidance(job.guidance.kind, job.guidance.data)
             kept = _Kept(og.Generator(self.model, params), search, capacity, prompt[:0])
         else:
             kept.generator.rewind_to(shared)

@@ -54,6 +54,39 @@ def test_prefix_reuse_gives_the_engines_tokens_without_the_prefill(daemon_factor
     assert figures["kept"] == 1
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_the_same_tools_block_is_reused_under_its_grammar(daemon_factory) -> None:
+    """Tools and a required call: a grammar. The kept Generator with that grammar serves the
+    next question on the same tools, with og.Engine's calls, token for token."""
+    on_generator = daemon_factory("--model", str(MODEL))
+    on_engine = daemon_factory("--model", str(MODEL), "--no-single-request-generator")
+    body = {"tools": [WEATHER], "tool_choice": "required", "max_tokens": 120}
+    for city in ["Paris", "Rome", "Oslo"]:
+        question = f"What is the weather in {city}?"
+        reused = ask(on_generator, question, **body)["choices"][0]
+        cold = ask(on_engine, question, **body)["choices"][0]
+        assert reused["finish_reason"] == "tool_calls", reused
+        assert cold["finish_reason"] == "tool_calls", cold
+        calls = [c["function"] for c in reused["message"]["tool_calls"]]
+        assert calls == [c["function"] for c in cold["message"]["tool_calls"]]
+    figures = path_figures(on_generator)
+    assert figures["served"] == 3
+    assert figures["reused_tokens"] >= 2 * 100  # the system prompt and the tools block
+
+
 def test_a_conversation_that_goes_on_reuses_its_history(daemon_factory) -> None:
     daemon = daemon_factory("--model", str(MODEL), "--prefix-cache-entries", "1")
     first = ask(daemon, "What is a valve?", system="Be brief.")
