@@ -19,7 +19,7 @@ from typing import Any, Literal
 import onnxruntime_genai as og
 import structlog
 
-from agent.engine.loading import LoadPlan
+from agent.engine.loading import LoadPlan, og_config
 from agent.hardware.inventory import HardwareInventory
 
 log = structlog.get_logger(__name__)
@@ -165,7 +165,8 @@ def measure(plan: LoadPlan, threads: int | None) -> Figures:
     started = time.perf_counter()
     try:
         plan.prepare()
-        model = og.Model(_config(plan, threads))
+        # The serving configuration; the KV cache only as long as the calibration needs.
+        model = og.Model(og_config(plan, threads, MAX_PROMPT_TOKENS + DECODE_STEPS))
         tokenizer = og.Tokenizer(model)
         prompt = list(tokenizer.encode(PROMPT))[:MAX_PROMPT_TOKENS]
         load_s = time.perf_counter() - started
@@ -206,31 +207,6 @@ def _generate(model: og.Model, prompt: list[int], steps: int) -> tuple[float, in
         if time.perf_counter() - first > DECODE_BUDGET_S:
             break
     return first - started, done, time.perf_counter() - first
-
-
-def _config(plan: LoadPlan, threads: int | None) -> og.Config:
-    """The provider, options and threads as loading.py sets them, so the figures are the
-    serving configuration's; the KV cache only as long as the calibration needs."""
-    options = dict(plan.options)
-    if threads and plan.threads_option:
-        options.setdefault(plan.threads_option, str(threads))
-        threads = 1
-    session = {"intra_op_num_threads": threads} if threads else {}
-    config = og.Config(str(plan.info.path))
-    config.overlay(
-        json.dumps(
-            {
-                "model": {"decoder": {"session_options": session}},
-                "search": {"max_length": MAX_PROMPT_TOKENS + DECODE_STEPS},
-            }
-        )
-    )
-    config.clear_providers()
-    if plan.og_provider is not None:
-        config.append_provider(plan.og_provider)
-        for key, value in options.items():
-            config.set_provider_option(plan.og_provider, key, value)
-    return config
 
 
 def fingerprint(profile: HardwareInventory, threads: int | None) -> tuple[str, str]:

@@ -105,28 +105,7 @@ def _load_plan(
     if max_length < wanted:
         log.warning("context shortened to fit in memory", max_length=max_length)
     plan.prepare()
-    options = dict(plan.options)
-    if threads and plan.threads_option:
-        # The EP sizes its own pool; onnxruntime's pool would only compete with it.
-        options.setdefault(plan.threads_option, str(threads))
-        threads = 1
-    session = {"intra_op_num_threads": threads} if threads else {}
-    config = og.Config(str(plan.info.path))
-    config.overlay(
-        json.dumps(
-            {
-                "model": {"decoder": {"session_options": session}},
-                "search": {"max_length": max_length},
-                "engine": {"static_batching": {"max_batch_size": settings.max_batch}},
-            }
-        )
-    )
-    config.clear_providers()
-    if plan.og_provider is not None:
-        config.append_provider(plan.og_provider)
-        for key, value in options.items():
-            config.set_provider_option(plan.og_provider, key, value)
-    model = og.Model(config)
+    model = og.Model(og_config(plan, threads, max_length, settings.max_batch))
     engine = og.Engine(model)
     _probe(engine, plan.info)
     capacity = engine.get_capabilities().configured_max_batch_size
@@ -141,6 +120,33 @@ def _load_plan(
         markup_tokens=_special_markup(tokenizer, plan.info),
         load_time_s=time.perf_counter() - started,
     )
+
+
+def og_config(
+    plan: LoadPlan, threads: int | None, max_length: int, max_batch: int | None = None
+) -> og.Config:
+    """The plan's provider, its options and the threads, the KV cache length, and og.Engine's
+    static batch (None: no og.Engine will be made)."""
+    options = dict(plan.options)
+    if threads and plan.threads_option:
+        # The EP sizes its own pool; onnxruntime's pool would only compete with it.
+        options.setdefault(plan.threads_option, str(threads))
+        threads = 1
+    session = {"intra_op_num_threads": threads} if threads else {}
+    overlay: dict[str, object] = {
+        "model": {"decoder": {"session_options": session}},
+        "search": {"max_length": max_length},
+    }
+    if max_batch is not None:
+        overlay["engine"] = {"static_batching": {"max_batch_size": max_batch}}
+    config = og.Config(str(plan.info.path))
+    config.overlay(json.dumps(overlay))
+    config.clear_providers()
+    if plan.og_provider is not None:
+        config.append_provider(plan.og_provider)
+        for key, value in options.items():
+            config.set_provider_option(plan.og_provider, key, value)
+    return config
 
 
 def _probe(engine: og.Engine, info: ModelInfo) -> None:
