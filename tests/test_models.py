@@ -164,10 +164,13 @@ def test_a_model_that_does_not_fit_is_refused_or_given_a_shorter_context(tmp_pat
     # The tiny model: 1.3 MiB of weights + 512 bytes of KV cache per token and slot.
     root = board_with_memory(tmp_path, available_kib=6 * 1024)
     flags = ("--hardware-root", str(root), "--memory-reserve-mb", "0", "--max-context", "4096",
-             "--max-batch", "4", "--provider", "cpu")  # fmt: skip
+             "--max-batch", "4", "--provider", "cpu", "--prefix-cache-entries", "0")  # fmt: skip
     refused = cli("serve", "--http-port", "0", *flags)
     assert refused.returncode == 1
     assert "needs 9 MiB" in refused.stderr and "only 6 MiB are available" in refused.stderr
+    # Each og.Generator kept for prefix reuse holds a KV cache too: counted as a request.
+    kept = cli("serve", "--http-port", "0", *flags[:-1], "2")
+    assert "needs 13 MiB" in kept.stderr and "4096 tokens x 6 requests" in kept.stderr
     fitted = start_daemon(*flags, "--fit-context")
     try:
         max_length = fitted.status()["model"]["max_length"]

@@ -72,6 +72,7 @@ class GeneratorPath:
         self.max_length = loaded.max_length
         self.loop = loop  # the event loop that must keep turning while a prompt is prefilled
         self.enabled = settings.single_request_generator
+        self.required = loaded.engine is None  # every request runs here, one at a time
         self.limit = settings.prefix_cache_entries  # each holds a KV cache of its capacity
         self._kept: list[_Kept] = []  # most recently used first
         self.prefilled_tokens = 0  # prompt tokens computed
@@ -92,14 +93,16 @@ class GeneratorPath:
         }
 
     def serves(self, job: Job) -> bool:
-        """Min-length requests stay on og.Engine: a Generator's minimum counts the prompt
-        too, so no kept one would match."""
-        return self.enabled and not job.request.sampling.min_tokens
+        """Min-length requests stay on og.Engine where there is one: a Generator's minimum
+        counts the prompt too, so no kept one would match."""
+        return self.required or (self.enabled and not job.request.sampling.min_tokens)
 
     def open(self, job: Job, defaults: SearchDefaults) -> GeneratorTurn:
         options: dict[str, float | bool | str] = dict(search_options(job, defaults))
         if job.guidance is not None:
             options["guidance"] = f"{job.guidance.kind}\n{job.guidance.data}"
+        if job.request.sampling.min_tokens:
+            options["min_length"] = len(job.prompt_ids) + job.request.sampling.min_tokens
         search: Search = tuple(sorted(options.items()))
         needed = len(job.prompt_ids) + job.max_tokens
         prompt = job.prompt_ids
@@ -107,7 +110,10 @@ class GeneratorPath:
         if kept is None:
             capacity = min(self.max_length, -(-needed // CAPACITY_STEP) * CAPACITY_STEP)
             params = og.GeneratorParams(self.model)
-            params.set_search_options(max_length=capacity, **search_options(job, defaults))
+            minimum = {k: v for k, v in search if k == "min_length"}
+            params.set_search_options(
+                max_length=capacity, **search_options(job, defaults), **minimum
+            )
             if job.guidance is not None:
                 params.set_guidance(job.guidance.kind, job.guidance.data)
             kept = _Kept(og.Generator(self.model, params), search, capacity, prompt[:0])

@@ -47,7 +47,7 @@ class LoadedModel:
 
     plan: LoadPlan
     model: og.Model
-    engine: og.Engine
+    engine: og.Engine | None  # None: og.Engine cannot run it (a pruned LM head)
     tokenizer: og.Tokenizer
     max_length: int
     batch_slots: int  # requests one static batch may hold
@@ -106,9 +106,16 @@ def _load_plan(
         log.warning("context shortened to fit in memory", max_length=max_length)
     plan.prepare()
     model = og.Model(og_config(plan, threads, max_length, settings.max_batch))
-    engine = og.Engine(model)
-    _probe(engine, plan.info)
-    capacity = engine.get_capabilities().configured_max_batch_size
+    engine: og.Engine | None = og.Engine(model)
+    error = _probe(engine, plan.info)
+    if error is not None:
+        # onnxruntime-genai 0.18's static CPU og.Engine fails on models built with
+        # prune_lm_head=true; og.Generator runs them, one request at a time.
+        engine = None
+        _probe_generator(model, plan.info, error)
+        log.warning("og.Engine cannot run this model: requests run one at a time on "
+                    "og.Generator", error=error)  # fmt: skip
+    capacity = engine.get_capabilities().configured_max_batch_size if engine else 1
     tokenizer = og.Tokenizer(model)
     return LoadedModel(
         plan=plan,
@@ -149,25 +156,40 @@ def og_config(
     return config
 
 
-def _probe(engine: og.Engine, info: ModelInfo) -> None:
-    """Run one token through the engine so a model it cannot serve fails at load."""
+def _probe(engine: og.Engine, info: ModelInfo) -> str | None:
+    """Run one token through og.Engine; why it failed, if it did."""
     request = engine.create_request()
     options = og.TurnOptions(request)
     options.set_max_generated_tokens(1)
     options.set_do_sample(False)
-    request.begin_turn(np.array(info.eos_token_ids[:1] or [0], dtype=np.int32), options)
+    request.begin_turn(_probe_tokens(info), options)
     buffer = engine.create_event_buffer(8)
     error = None
     while engine.has_pending_requests():
         for event in engine.run(buffer):
             if int(event.flags) & FINISHED_FLAG and event.finish_reason == og.FinishReason.FAILED:
-                error = event.error_code.name
+                error = str(event.error_code.name)
     request.close()
-    if error is not None:
+    return error
+
+
+def _probe_generator(model: og.Model, info: ModelInfo, engine_error: str) -> None:
+    """Run one token through og.Generator, so that a model neither can serve fails at load."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=3, do_sample=False)
+    try:
+        generator = og.Generator(model, params)
+        generator.append_tokens(_probe_tokens(info))
+        generator.generate_next_token()
+    except Exception as exc:
         raise RuntimeError(
-            f"og.Engine cannot run {info.path} ({error}); onnxruntime-genai 0.18's "
-            "static CPU engine fails on models built with prune_lm_head=true"
-        )
+            f"neither og.Engine ({engine_error}) nor og.Generator ({exc}) can run {info.path}"
+        ) from None
+
+
+def _probe_tokens(info: ModelInfo) -> np.ndarray:
+    """Two tokens: a pruned LM head fails on og.Engine only past a one-token prompt."""
+    return np.array((info.eos_token_ids[:1] or [0]) * 2, dtype=np.int32)
 
 
 def _special_markup(tokenizer: og.Tokenizer, info: ModelInfo) -> dict[int, str]:

@@ -296,7 +296,7 @@ class LocalEngine:
     def _serve(self, loaded: LoadedModel) -> None:
         engine = loaded.engine
         self.generator_path = GeneratorPath(loaded, self.settings, self._loop)
-        events = engine.create_event_buffer(256)
+        events = engine.create_event_buffer(256) if engine else None
         turns = self._turns
         while True:
             if self._test_faults:
@@ -322,7 +322,10 @@ class LocalEngine:
             stall_for_tests(turns)
             solo = turns[0].og_request if isinstance(turns[0].og_request, GeneratorTurn) else None
             try:
-                for event in solo.step() if solo else engine.run(events):
+                if solo is None:
+                    assert engine is not None  # og.Engine turns exist only with og.Engine
+                    stepped = engine.run(events)
+                for event in solo.step() if solo else stepped:
                     found = next((t for t in turns if t.og_request is event.request), None)
                     if found is not None and self._on_event(found, event):
                         turns.remove(found)

@@ -4,13 +4,19 @@ while a long prompt is prefilled (og.Generator holds the GIL inside each prefill
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import Daemon
-from tests.real.conftest import MODEL
+from tests.conftest import REPO, Daemon
+from tests.real.conftest import MODEL, REAL
+
+BUILD_PYTHON = REPO / ".venv-build" / "bin" / "python"
 
 SYSTEM = (
     "You are a careful assistant for an industrial gateway. Answer briefly and precisely "
@@ -162,3 +168,43 @@ def test_health_answers_in_the_middle_of_a_long_prefill(daemon_factory) -> None:
     assert prompt_tokens and prompt_tokens[0] >= 2000
     assert seen_mid_prefill
     assert healthy_mid_prefill
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted with prune_lm_head=true: prefill computes the last position's
+    logits only. og.Engine (0.18, CPU) cannot run it; og.Generator can."""
+    out = tmp_path_factory.mktemp("pruned") / "smollm2-pruned"
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "models", "convert", str(REAL / "hf"), "--out", str(out),
+         "--name", "smollm2-pruned", "--prune-lm-head", "--python", str(BUILD_PYTHON)],
+        cwd=REPO, capture_output=True, text=True, timeout=800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_a_pruned_model_is_served_on_the_generator_alone(daemon_factory, pruned: Path) -> None:
+    daemon = daemon_factory("--model", str(pruned), "--no-single-request-generator")
+    assert any(e["event"].startswith("og.Engine cannot run this model") for e in daemon.logs)
+    answers: list[dict] = []
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(
+                ask(daemon, "What is the capital of France?", system="Be brief.")
+            )
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(answers) == 3
+    assert all("Paris" in a["choices"][0]["message"]["content"] for a in answers)
+    status = daemon.status()
+    assert set(status["batches"]) == {"1"}  # one at a time: no og.Engine to batch on
+    assert status["generator_path"]["served"] == 3
+    longer = ask(daemon, "Say hi.", system="Be brief.", min_tokens=20, max_tokens=30)
+    assert longer["usage"]["completion_tokens"] >= 20
