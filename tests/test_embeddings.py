@@ -131,7 +131,8 @@ def test_the_memory_check_counts_the_embedding_model(tmp_path: Path) -> None:
     encoder = build_encoder(tmp_path / "big-encoder", hidden=1024)
     root = board_with_memory(tmp_path, available_kib=11 * 1024)
     flags = ["--hardware-root", str(root), "--memory-reserve-mb", "0", "--max-context", "4096",
-             "--max-batch", "4", "--state-dir", str(tmp_path / "state")]  # fmt: skip
+             "--max-batch", "4", "--prefix-cache-entries", "0",
+             "--state-dir", str(tmp_path / "state")]  # fmt: skip
     alone = start_daemon(*flags)  # the chat model alone fits
     alone.stop()
     both = subprocess.run(

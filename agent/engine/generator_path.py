@@ -31,6 +31,10 @@ from agent.models.info import SearchDefaults
 from agent.settings import EngineSettings
 
 PREFILL_SLICE = 64  # tokens per append: the GIL is free between slices
+# onnxruntime-genai 0.18: one token appended after `rewind_to` decodes differently from a
+# cold Generator (the same prompt again stopped 5 tokens early on SmolLM2); two or more
+# give its tokens exactly.
+MIN_FRESH = 2
 MIN_REUSE = 16  # a shorter shared prefix is not worth a cached Generator's memory
 CAPACITY_STEP = 512  # Generators are sized in steps so that later requests fit in them
 _TOKEN = int(og.EngineEventFlags.TOKEN)
@@ -136,7 +140,7 @@ class GeneratorPath:
 
     def _take(self, prompt: np.ndarray, search: Search, needed: int) -> tuple[_Kept | None, int]:
         """The kept Generator sharing the longest prefix with `prompt` (at least MIN_REUSE
-        tokens, one left to prefill), with the same search options and room enough."""
+        tokens, MIN_FRESH left to prefill), with the same search options and room enough."""
         best, best_shared = None, 0
         for kept in self._kept:
             if kept.search != search or kept.capacity < needed:
@@ -219,8 +223,8 @@ class GeneratorTurn:
 
 
 def _shared_length(a: np.ndarray, b: np.ndarray) -> int:
-    """How many leading tokens a and b share, leaving b at least one token to prefill."""
-    n = min(len(a), len(b) - 1)
+    """How many leading tokens a and b share, leaving b at least MIN_FRESH tokens to prefill."""
+    n = min(len(a), len(b) - MIN_FRESH)
     if n <= 0:
         return 0
     differ = np.flatnonzero(a[:n] != b[:n])

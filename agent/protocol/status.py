@@ -19,8 +19,11 @@ class AgentStatus(WireModel):
     provider_attempts: list[dict[str, Any]]
     threads: int | None
     queue: dict[str, Any]
+    provider_choice: dict[str, Any] | None
     engine_steps: int
     finished: dict[str, int]
+    batches: dict[str, int]  # og.Engine batches started, by size
+    generator_path: dict[str, Any] | None  # lone requests on og.Generator, prefix reuse
     embedding_model: dict[str, Any] | None
     hardware: dict[str, Any]
     routing: dict[str, Any]

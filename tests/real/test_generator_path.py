@@ -93,6 +93,15 @@ def test_the_same_tools_block_is_reused_under_its_grammar(daemon_factory) -> Non
     assert figures["reused_tokens"] >= 2 * 100  # the system prompt and the tools block
 
 
+def test_the_same_request_again_gives_the_same_tokens(daemon_factory) -> None:
+    """The whole prompt is kept: all but the last tokens come from the kept Generator."""
+    daemon = daemon_factory("--model", str(MODEL))
+    first, again = (ask(daemon, "What is the capital of France?") for _ in range(2))
+    assert again["choices"][0]["message"] == first["choices"][0]["message"]
+    assert again["usage"] == first["usage"]
+    assert path_figures(daemon)["reused_tokens"] >= first["usage"]["prompt_tokens"] - 2
+
+
 def test_a_conversation_that_goes_on_reuses_its_history(daemon_factory) -> None:
     daemon = daemon_factory("--model", str(MODEL), "--prefix-cache-entries", "1")
     first = ask(daemon, "What is a valve?", system="Be brief.")
