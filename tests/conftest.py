@@ -19,6 +19,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "agent" / "data" / "tiny"
 READY_TIMEOUT_S = 60
+# A one-argument tool, as the OpenAI API declares it (real-model and real-upstream tests).
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @dataclass

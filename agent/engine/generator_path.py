@@ -102,22 +102,18 @@ class GeneratorPath:
         return self.required or (self.enabled and not job.request.sampling.min_tokens)
 
     def open(self, job: Job, defaults: SearchDefaults) -> GeneratorTurn:
-        options: dict[str, float | bool | str] = dict(search_options(job, defaults))
-        if job.guidance is not None:
-            options["guidance"] = f"{job.guidance.kind}\n{job.guidance.data}"
+        options: dict[str, float | bool] = search_options(job, defaults)
         if job.request.sampling.min_tokens:
             options["min_length"] = len(job.prompt_ids) + job.request.sampling.min_tokens
-        search: Search = tuple(sorted(options.items()))
+        grammar = f"{job.guidance.kind}\n{job.guidance.data}" if job.guidance else ""
+        search: Search = (*sorted(options.items()), ("guidance", grammar))
         needed = len(job.prompt_ids) + job.max_tokens
         prompt = job.prompt_ids
         kept, shared = self._take(prompt, search, needed)
         if kept is None:
             capacity = min(self.max_length, -(-needed // CAPACITY_STEP) * CAPACITY_STEP)
             params = og.GeneratorParams(self.model)
-            minimum = {k: v for k, v in search if k == "min_length"}
-            params.set_search_options(
-                max_length=capacity, **search_options(job, defaults), **minimum
-            )
+            params.set_search_options(max_length=capacity, **options)
             if job.guidance is not None:
                 params.set_guidance(job.guidance.kind, job.guidance.data)
             kept = _Kept(og.Generator(self.model, params), search, capacity, prompt[:0])

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, Daemon
+from tests.conftest import REPO, WEATHER_TOOL, Daemon
 from tests.real.conftest import MODEL, REAL
 
 BUILD_PYTHON = REPO / ".venv-build" / "bin" / "python"
@@ -60,26 +60,12 @@ def test_prefix_reuse_gives_the_engines_tokens_without_the_prefill(daemon_factor
     assert figures["kept"] == 1
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-
-
 def test_the_same_tools_block_is_reused_under_its_grammar(daemon_factory) -> None:
     """Tools and a required call: a grammar. The kept Generator with that grammar serves the
     next question on the same tools, with og.Engine's calls, token for token."""
     on_generator = daemon_factory("--model", str(MODEL))
     on_engine = daemon_factory("--model", str(MODEL), "--no-single-request-generator")
-    body = {"tools": [WEATHER], "tool_choice": "required", "max_tokens": 120}
+    body = {"tools": [WEATHER_TOOL], "tool_choice": "required", "max_tokens": 120}
     for city in ["Paris", "Rome", "Oslo"]:
         question = f"What is the weather in {city}?"
         reused = ask(on_generator, question, **body)["choices"][0]

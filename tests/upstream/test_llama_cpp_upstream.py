@@ -21,7 +21,7 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import REPO, Daemon, wait_for
+from tests.conftest import REPO, WEATHER_TOOL, Daemon, wait_for
 from tests.mqtt_support import free_port
 
 UPSTREAM_PYTHON = REPO / ".venv-upstream" / "bin" / "python"
@@ -29,18 +29,6 @@ GGUF = REPO / "models" / "real" / "download" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 LONG = ("--max-context", "16384")
 COUNTING = [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @dataclass
@@ -214,7 +202,7 @@ def test_tools_pass_through_and_calls_come_back(daemon_factory, upstream) -> Non
     ask: dict[str, Any] = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
-        "tools": [WEATHER],
+        "tools": [WEATHER_TOOL],
         "tool_choice": named,
         "temperature": 0,
         "max_tokens": 64,
