@@ -31,7 +31,7 @@ from soak_report import (
 @pytest.mark.timeout(420)
 def test_short_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     report = soak(
-        duration_s=80, workdir=tmp_path, fault_every_s=2.5, steady_s=24, sample_every_s=2,
+        duration_s=80, workdir=tmp_path, fault_every_s=2.5, steady_s=28, sample_every_s=2,
         rss_limit=CI_RSS_LIMIT_KIB_PER_1000,
     )  # fmt: skip
     print(report.table())
