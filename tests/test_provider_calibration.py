@@ -147,3 +147,32 @@ def test_an_unreadable_cache_is_measured_again(tmp_path: Path) -> None:
     selection = choose(tmp_path, "decode", Installed())
     assert [f.source for f in selection.choice.figures] == ["measured"]
     assert choose(tmp_path, "decode", Installed()).choice.figures[0].source == "cache"
+
+
+def test_the_timed_prompt_fits_the_budget_at_the_warm_up_pace(tmp_path: Path) -> None:
+    """A slow model (Phi-4-mini on a gateway) gets a short prompt, a fast one the whole
+    prompt; TTFTs measured at different lengths (cached at different starts) are compared
+    per prompt token."""
+    from agent.engine.calibration import (
+        MIN_PROMPT_TOKENS,
+        PREFILL_BUDGET_S,
+        WARM_UP_TOKENS,
+        Figures,
+        decide,
+        measure,
+        prompt_length,
+    )
+
+    assert prompt_length(61, warm_up_s=0.001) == 61  # SmolLM2-fast: the whole prompt
+    assert prompt_length(160, warm_up_s=WARM_UP_TOKENS * PREFILL_BUDGET_S / 40) == 40
+    assert prompt_length(61, warm_up_s=5.0) == MIN_PROMPT_TOKENS  # 0.6 s a token
+    plan = choose(tmp_path, "decode", Installed()).plans[0]
+    assert measure(plan, 2, prompt_tokens=20).prompt_tokens == 20
+    assert measure(plan, 2).prompt_tokens > 20  # the bundled model is fast: the whole prompt
+
+    plans = choose(tmp_path, "ttft", OPENVINO_CPU, {"openvino": {"device_type": "NONE"}}).plans
+    long_slow = Figures("openvino:cpu", "v", ttft_ms=100.0, decode_tok_s=1.0, prompt_tokens=100)
+    short_fast = Figures("cpu", "v", ttft_ms=40.0, decode_tok_s=1.0, prompt_tokens=20)
+    order, reason = decide(plans, [long_slow, short_fast], "ttft")
+    assert [p.label for p in order] == ["openvino:cpu", "cpu"]  # 1.0 against 2.0 ms a token
+    assert "100.0 ms for 100 tokens" in reason and "40.0 ms for 20 tokens" in reason

@@ -3,7 +3,10 @@ OpenVINO on CPU above the CPU EP, which decodes 1.7x faster on SmolLM2 (issue 22
 accepted provider loads the model variant once, runs a fixed prompt and a few greedy decode
 steps, and the figures are kept in `state_dir/provider_calibration.json` per hardware
 fingerprint and model variant: later starts read them instead of measuring. A provider
-whose calibration fails (or was never measured) leaves the choice to the ranking."""
+whose calibration fails (or was never measured) leaves the choice to the ranking. The
+measurement stays within a few seconds on any model: the prompt is sized by the warm-up's
+speed (Phi-4-mini on a slow gateway prefills a few tokens per second), decode by a time
+budget."""
 
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ PROMPT = (
     "above its weekly average. Summarise the state of the motor for the shift supervisor."
 )
 MAX_PROMPT_TOKENS = 160  # a byte-level tokenizer makes many tokens of the prompt
+MIN_PROMPT_TOKENS = 16
+WARM_UP_TOKENS = 8
+PREFILL_BUDGET_S = 1.0  # what the timed prompt should take, judged by the warm-up's pace
 DECODE_STEPS = 16
-DECODE_BUDGET_S = 2.0  # a slow provider stops decoding early; its rate is still known
+DECODE_BUDGET_S = 1.0  # a slow provider stops decoding early; its rate is still known
 SOFTWARE = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-ep-openvino")
 OBJECTIVE_NAMES = {"decode": "decode tokens/s", "ttft": "TTFT"}
 UNMEASURED = "hardware read from a recorded tree is not measured"
@@ -64,7 +70,7 @@ class Figures:
             failed = "calibration failed" if self.source == "measured" else "not calibrated"
             return f"{self.provider:<15}{failed}: {self.error}"
         load = f", load {self.load_s:.2f} s" if self.load_s is not None else ""
-        return f"{self.provider:<15}TTFT {self.ttft_ms:.1f} ms, {_rate(self)}{load} ({self.source})"
+        return f"{self.provider:<15}TTFT {_ttft(self)}, {_rate(self)}{load} ({self.source})"
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class Calibration:
         hardware, description = fingerprint(profile, self.threads)
         machine = cache["hardware"].setdefault(hardware, {"description": description})
         figures, changed = [], False
+        length: int | None = None  # one prompt length for the providers measured together
         for plan in plans:
             variants = machine.setdefault("variants", {})
             entry = variants.setdefault(
@@ -116,12 +123,14 @@ class Calibration:
             elif not self.measure:
                 known = Figures(plan.label, plan.info.variant, source="none", error=UNMEASURED)
             else:
-                known = measure(plan, self.threads)
+                known = measure(plan, self.threads, length)
                 _return_freed_memory()
                 if known.usable:
                     entry["providers"][plan.label] = _fields(known)
                     changed = True
             figures.append(known)
+            if known.usable and length is None:
+                length = known.prompt_tokens
         if changed:
             for key, entry in list(machine["variants"].items()):
                 if not Path(entry["path"]).is_dir():
@@ -151,20 +160,24 @@ def decide(
         return plans, f"{plans[0].label} is the only accepted provider"
 
     def score(plan: LoadPlan) -> float:
+        """TTFT per prompt token: figures cached at different starts may differ in length."""
         known = by_label[plan.label]
-        return (known.ttft_ms or 0.0) if objective == "ttft" else -(known.decode_tok_s or 0.0)
+        if objective == "ttft":
+            return (known.ttft_ms or 0.0) / max(known.prompt_tokens, 1)
+        return -(known.decode_tok_s or 0.0)
 
     order = sorted(plans, key=score)  # stable: a tie keeps the ranking's order
-    figure = (lambda f: f"{f.ttft_ms:.1f} ms") if objective == "ttft" else _rate
+    figure = _ttft if objective == "ttft" else _rate
     best, *rest = (by_label[p.label] for p in order)
     against = ", ".join(f"{f.provider} {figure(f)}" for f in rest)
     superlative = "lowest TTFT" if objective == "ttft" else "highest decode tokens/s"
     return order, f"{best.provider} has the {superlative} ({figure(best)}; {against})"
 
 
-def measure(plan: LoadPlan, threads: int | None) -> Figures:
+def measure(plan: LoadPlan, threads: int | None, prompt_tokens: int | None = None) -> Figures:
     """Load `plan` as serving would, warm up, then time a fixed prompt's first token and a
-    few greedy decode steps (og.Generator, one request: the common case on a gateway)."""
+    few greedy decode steps (og.Generator, one request: the common case on a gateway).
+    The prompt is `prompt_tokens` long, else as long as the warm-up's pace allows."""
     started = time.perf_counter()
     try:
         plan.prepare()
@@ -173,7 +186,9 @@ def measure(plan: LoadPlan, threads: int | None) -> Figures:
         tokenizer = og.Tokenizer(model)
         prompt = list(tokenizer.encode(PROMPT))[:MAX_PROMPT_TOKENS]
         load_s = time.perf_counter() - started
-        _generate(model, prompt[:8], 2)  # first-call allocations stay out of the figures
+        # First-call allocations stay out of the figures; its pace sizes the prompt.
+        warm_up_s, _, _ = _generate(model, prompt[:WARM_UP_TOKENS], 2)
+        prompt = prompt[: prompt_tokens or prompt_length(len(prompt), warm_up_s)]
         ttft_s, steps, decode_s = _generate(model, prompt, DECODE_STEPS)
         if steps == 0:
             raise RuntimeError("no decode step finished")
@@ -191,6 +206,14 @@ def measure(plan: LoadPlan, threads: int | None) -> Figures:
     )
     log.info("provider calibrated", **_fields(figures), calibration_s=_since(started))
     return figures
+
+
+def prompt_length(available: int, warm_up_s: float) -> int:
+    """As many prompt tokens as PREFILL_BUDGET_S holds at the warm-up's pace (which counts
+    first-call allocations too, so it errs short), within [MIN_PROMPT_TOKENS, available]."""
+    per_token_s = max(warm_up_s, 1e-6) / WARM_UP_TOKENS
+    fits = int(PREFILL_BUDGET_S / per_token_s)
+    return min(available, max(MIN_PROMPT_TOKENS, fits))
 
 
 def _generate(model: og.Model, prompt: list[int], steps: int) -> tuple[float, int, float]:
@@ -312,6 +335,10 @@ def _return_freed_memory() -> None:
     higher on SmolLM2 (scripts/bench/RESULTS.md). Elsewhere (musl) there is nothing to do."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _ttft(figures: Figures) -> str:
+    return f"{figures.ttft_ms:.1f} ms for {figures.prompt_tokens} tokens"
 
 
 def _rate(figures: Figures) -> str:
