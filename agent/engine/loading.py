@@ -97,10 +97,8 @@ def _load_plan(
     started: float,
 ) -> LoadedModel:
     wanted = min(plan.info.context_length, settings.max_context)
-    # KV caches: a batch's on og.Engine, and the og.Generators kept for prefix reuse.
-    kept = settings.prefix_cache_entries if settings.single_request_generator else 0
     max_length = fitting_length(
-        plan.info, wanted, settings.max_batch + kept, memory_bytes, settings.fit_context
+        plan.info, wanted, settings.kv_caches, memory_bytes, settings.fit_context
     )
     if max_length < wanted:
         log.warning("context shortened to fit in memory", max_length=max_length)

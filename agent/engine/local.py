@@ -1,6 +1,7 @@
 """Local inference: admission on the asyncio side, scheduling and decoding on the one
 thread that drives og.Engine (it must be driven by its creating thread; `engine.run`
-releases the GIL, so HTTP, MQTT keep-alives and health go on during prefill and decode).
+releases the GIL) and og.Generator for lone requests (it holds it: generator_path.py
+slices the prompt), so HTTP, MQTT keep-alives and health go on during prefill and decode.
 
 The 0.18 CPU engine batches statically: requests join only when the running batch has
 drained, so the owner admits up to `max_batch` queued requests at once after a short

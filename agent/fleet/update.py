@@ -197,7 +197,7 @@ class ModelUpdates:
             info = resolve_model(folder)
             engine = self.daemon.settings.engine
             wanted = min(info.context_length, engine.max_context)
-            fitting_length(info, wanted, engine.max_batch, self.memory(), engine.fit_context)
+            fitting_length(info, wanted, engine.kv_caches, self.memory(), engine.fit_context)
         except ModelDoesNotFit as exc:
             shutil.rmtree(folder)
             raise CommandFailed("memory", str(exc), done) from exc

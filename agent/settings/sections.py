@@ -196,6 +196,13 @@ class EngineSettings(Section):
         120.0, gt=0, description="busy without an engine step this long: watchdog pings stop"
     )
 
+    @property
+    def kv_caches(self) -> int:
+        """KV caches of max_context the engine may hold at once, which every memory check
+        counts: a batch on og.Engine, and the og.Generators kept for prefix reuse."""
+        kept = self.prefix_cache_entries if self.single_request_generator else 0
+        return self.max_batch + kept
+
 
 class ModelsSettings(Section):
     model: Path | None = Field(

@@ -65,7 +65,8 @@ SYSTEM = (
     "or two sentences, plainly, about the site's sensors, valves, pumps and alarms. Say so "
     "when you do not know. Never invent a reading. Readings are in SI units; pressures are "
     "in kilopascals and flows in litres per minute. The operator on duty reads your answer "
-    "on a small screen."
+    "on a small screen. If an alarm is active, name it first, then the valve or pump it "
+    "concerns."
 )
 QUESTIONS = [
     "What does a check valve do?", "Why would a pump cavitate?", "What is a flow meter?",

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, WEATHER_TOOL, Daemon
+from tests.mqtt_support import SENTINEL, Broker, Device
 from tests.real.conftest import MODEL, REAL
 
 BUILD_PYTHON = REPO / ".venv-build" / "bin" / "python"
@@ -58,6 +59,24 @@ def test_prefix_reuse_gives_the_engines_tokens_without_the_prefill(daemon_factor
     assert figures["reused_tokens"] >= 2 * 100
     assert figures["prefilled_tokens"] + figures["reused_tokens"] == len(QUESTIONS) * prompt_tokens
     assert figures["kept"] == 1
+
+
+@pytest.mark.parametrize("entries", [1, 2])
+def test_the_kept_generators_are_bounded_by_the_setting(daemon_factory, entries: int) -> None:
+    """Two system prompts in turn: with one entry the second evicts the first, so the first
+    asked again is prefilled in full; with two (the default) it is still there."""
+    daemon = daemon_factory("--model", str(MODEL), "--prefix-cache-entries", str(entries))
+    other = "Reply as the night-shift operator of a pumping station, in plain words. " * 5
+    ask(daemon, QUESTIONS[0])
+    ask(daemon, QUESTIONS[0], system=other)
+    before = path_figures(daemon)
+    assert before["kept"] == entries == before["kept_limit"]
+    ask(daemon, QUESTIONS[1])  # the first system prompt again
+    reused = path_figures(daemon)["reused_tokens"] - before["reused_tokens"]
+    if entries == 1:
+        assert reused == 0  # evicted: its memory went with it
+    else:
+        assert reused > 100
 
 
 def test_the_same_tools_block_is_reused_under_its_grammar(daemon_factory) -> None:
@@ -124,10 +143,18 @@ def test_a_burst_is_batched_on_the_engine(daemon_factory) -> None:
     assert any(int(size) > 1 for size in batches), batches
 
 
-def test_health_answers_in_the_middle_of_a_long_prefill(daemon_factory) -> None:
-    """Seen mid-prefill (some of the prompt computed, some not) and /health answered then:
+def test_health_and_mqtt_answer_in_the_middle_of_a_long_prefill(
+    daemon_factory, tmp_path: Path
+) -> None:
+    """Seen mid-prefill (some of the prompt computed, some not), /health answered then, and
+    an MQTT request answered then (paho's network thread and the event loop both ran):
     impossible if one prefill call held the GIL for the whole prompt."""
-    daemon = daemon_factory("--model", str(MODEL), "--max-context", "4096")
+    broker = Broker(tmp_path).start()
+    daemon = daemon_factory(
+        "--model", str(MODEL), "--max-context", "4096",
+        "--mqtt-url", broker.url, "--device-id", "prefill",
+    )  # fmt: skip
+    device = Device(broker)
     long_prompt = " ".join(f"sensor {i} reads {i * 7 % 100} degrees;" for i in range(330))
     first_token = threading.Event()
     prompt_tokens: list[int] = []
@@ -147,7 +174,7 @@ def test_health_answers_in_the_middle_of_a_long_prefill(daemon_factory) -> None:
 
     streaming = threading.Thread(target=stream)
     streaming.start()
-    seen_mid_prefill = healthy_mid_prefill = False
+    seen_mid_prefill = healthy_mid_prefill = mqtt_mid_prefill = False
     deadline = time.monotonic() + 120
 
     def prefill_left() -> int:
@@ -159,10 +186,16 @@ def test_health_answers_in_the_middle_of_a_long_prefill(daemon_factory) -> None:
             seen_mid_prefill = True
             health = httpx.get(f"{daemon.url}/health", timeout=60)
             healthy_mid_prefill |= health.status_code == 200 and prefill_left() > 0
+            if not mqtt_mid_prefill:  # rejected by the gateway itself, not the engine
+                replies = device.replies(device.request("prefill", SENTINEL), timeout_s=60)
+                mqtt_mid_prefill = replies[-1]["type"] == "rejected" and prefill_left() > 0
     streaming.join(120)
+    device.close()
+    broker.stop()
     assert prompt_tokens and prompt_tokens[0] >= 2000
     assert seen_mid_prefill
     assert healthy_mid_prefill
+    assert mqtt_mid_prefill
 
 
 @pytest.fixture(scope="module")
