@@ -108,6 +108,7 @@ class Service:
         self.updates = ModelUpdates(self, self._memory_for_model, self.mqtt)
         self._served: ServedModel | None = None
         self._started = False
+        self._measuring: LocalEngine | None = None  # calibrated on its first requests
         self.config = RemoteConfig(
             settings, self._config_changed, lambda name: self._names(self.info).resolve(name)
         )
@@ -186,6 +187,7 @@ class Service:
         log.info("model switch", model=str(model.resolve()))
         new = await asyncio.to_thread(self._build_engine, model)  # `auto` may calibrate
         await new.start()
+        await self._measure_served(new)
         try:
             if check is not None:
                 await check(new)
@@ -200,6 +202,16 @@ class Service:
             self.mqtt.set_state("ready")  # the retained status now names the new model
         log.info("model switched", model=new.info.name, variant=new.info.variant)
         await retiring
+
+    async def _measure_served(self, engine: LocalEngine) -> None:
+        """`auto` with one accepted provider: it is measured on the model just loaded, before
+        the daemon says ready, instead of in a load of its own."""
+        if self.selection.plans is engine.plans:
+            self._measuring = engine
+            try:
+                self.selection = await self.selection.measured_on(engine)
+            finally:
+                self._measuring = None
 
     def _publish_model(self) -> None:
         self.metrics.load_time.set(self.engine.load_time_s)
@@ -267,6 +279,8 @@ class Service:
             return Readiness("stalled", self.stalled)
         if self.draining:
             return Readiness("draining")
+        if engine is self._measuring:  # a first start's calibration: the figures stay clean
+            return Readiness("loading", "measuring the provider")
         return Readiness("ready" if engine.ready and engine.alive else "loading")
 
     def served_model(self) -> ServedModel:
@@ -361,6 +375,7 @@ class Service:
         if self.mqtt is not None:
             await self.mqtt.start()  # status `init` while the model loads
         await self.engine.start()
+        await self._measure_served(self.engine)
         await self.embedding.start()  # after the chat model, whose memory check counted it
         self.governor.start()
         self.cloud.start()

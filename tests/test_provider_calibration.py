@@ -29,10 +29,11 @@ OPENVINO_CPU = Installed(openvino=True, openvino_devices=frozenset({"CPU"}))
 def choose(
     state: Path, objective: str, installed: Installed, options: dict | None = None
 ) -> Selection:
-    """What the daemon's start does with `provider = "auto"`."""
+    """What `edge-agent detect` does with `provider = "auto"`: a lone provider is measured
+    in a load of its own (the daemon measures the model it serves instead)."""
     from agent.engine.calibration import Calibration
 
-    calibration = Calibration(state, objective, threads=2)  # type: ignore[arg-type]
+    calibration = Calibration(state, objective, threads=2, load_alone=True)  # type: ignore[arg-type]
     return select(TINY, None, "auto", False, options or {}, detect(), installed, calibration)
 
 
@@ -60,8 +61,10 @@ def test_auto_calibrates_once_then_reads_the_cache(daemon_factory, tmp_path: Pat
     choice = first.status()["provider_choice"]
     fastest = max(measured, key=lambda e: e["decode_tok_s"])["provider"]
     assert choice["objective"] == "decode" and choice["provider"] == fastest
-    if providers == ["cpu"]:
+    if providers == ["cpu"]:  # measured on the served model: no load of its own
         assert "only accepted provider" in choice["reason"]
+        assert [e.get("on") for e in measured] == ["served"]
+        assert choice["figures"][0]["load_s"] == round(first.status()["model"]["load_time_s"], 3)
     figures = {f["provider"]: f for f in choice["figures"]}
     assert set(figures) == set(providers)
     assert {f["source"] for f in figures.values()} == {"measured"}

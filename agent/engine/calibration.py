@@ -6,7 +6,8 @@ fingerprint and model variant: later starts read them instead of measuring. A pr
 whose calibration fails (or was never measured) leaves the choice to the ranking. The
 measurement stays within a few seconds on any model: the prompt is sized by the warm-up's
 speed (Phi-4-mini on a slow gateway prefills a few tokens per second), decode by a time
-budget."""
+budget. With one accepted provider there is nothing to choose before loading, so the
+daemon measures the model it serves instead of loading it once more (`measure_served`)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,19 @@ import importlib.metadata
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import numpy as np
 import onnxruntime_genai as og
 import structlog
 
+from agent.engine.backend import Stream
 from agent.engine.loading import LoadPlan, og_config
+from agent.engine.reply import Reply, ReplyReader
+from agent.engine.types import ChatRequest, SamplingParams
 from agent.hardware.inventory import HardwareInventory
 
 log = structlog.get_logger(__name__)
@@ -75,12 +81,14 @@ class Figures:
 
 @dataclass(frozen=True)
 class Choice:
-    """Which provider goes first and why, with the figures behind it."""
+    """Which provider goes first and why, with the figures behind it. `measure_served`: the
+    only provider has no figures yet; the daemon measures the model once it serves it."""
 
     objective: Objective
     provider: str
     reason: str
     figures: tuple[Figures, ...] = ()
+    measure_served: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "figures": [asdict(f) for f in self.figures]}
@@ -100,6 +108,7 @@ class Calibration:
     objective: Objective = "decode"
     threads: int | None = None
     measure: bool = True
+    load_alone: bool = False  # measure a lone provider by loading it too (`detect`)
 
     def choose(
         self, plans: list[LoadPlan], profile: HardwareInventory
@@ -107,21 +116,19 @@ class Calibration:
         """`plans` (accepted, in rank order) reordered by the objective, and the choice."""
         path = self.state_dir / CACHE_FILE
         cache = _read(path)
-        hardware, description = fingerprint(profile, self.threads)
-        machine = cache["hardware"].setdefault(hardware, {"description": description})
+        machine = self._machine(cache, profile)
         figures, changed = [], False
         length: int | None = None  # one prompt length for the providers measured together
         for plan in plans:
-            variants = machine.setdefault("variants", {})
-            entry = variants.setdefault(
-                variant_key(plan.info.path),
-                {"path": str(plan.info.path), "variant": plan.info.variant, "providers": {}},
-            )
+            entry = _variant_entry(machine, plan)
             known = _cached(entry["providers"].get(plan.label), plan)
             if known is not None:
                 log.info("provider calibration cached", **_fields(known))
             elif not self.measure:
                 known = Figures(plan.label, plan.info.variant, source="none", error=UNMEASURED)
+            elif len(plans) == 1 and not self.load_alone:
+                reason = f"{plan.label} is the only accepted provider"
+                return plans, Choice(self.objective, plan.label, reason, measure_served=True)
             else:
                 known = measure(plan, self.threads, length)
                 _return_freed_memory()
@@ -140,6 +147,79 @@ class Calibration:
         choice = Choice(self.objective, order[0].label, reason, tuple(figures))
         log.info("provider chosen", provider=choice.provider, reason=reason)
         return order, choice
+
+    def record(
+        self, plan: LoadPlan, profile: HardwareInventory, choice: Choice, known: Figures
+    ) -> Choice:
+        """`choice` with the served model's figures, which are kept for the next start."""
+        if known.usable:
+            path = self.state_dir / CACHE_FILE
+            cache = _read(path)
+            _variant_entry(self._machine(cache, profile), plan)["providers"][plan.label] = _fields(
+                known
+            )
+            _write(path, cache)
+        return Choice(choice.objective, choice.provider, choice.reason, (known,))
+
+    def _machine(self, cache: dict[str, Any], profile: HardwareInventory) -> dict[str, Any]:
+        hardware, description = fingerprint(profile, self.threads)
+        machine: dict[str, Any] = cache["hardware"].setdefault(
+            hardware, {"description": description}
+        )
+        return machine
+
+
+class Served(Protocol):
+    """What `measure_served` needs of the engine serving the model (LocalEngine)."""
+
+    @property
+    def load_time_s(self) -> float: ...
+
+    def tokenize(self, text: str) -> np.ndarray: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    async def submit(self, request: ChatRequest) -> Stream: ...
+
+
+async def measure_served(engine: Served, plan: LoadPlan) -> Figures:
+    """`measure`'s figures, taken on the model the daemon serves (lone requests: its
+    og.Generator path), before it is announced ready: no second load."""
+    started = time.perf_counter()
+    try:
+        prompt = [int(t) for t in engine.tokenize(PROMPT)][:MAX_PROMPT_TOKENS]
+        warm_up = await _served_turn(engine, prompt[:WARM_UP_TOKENS], 2)
+        warm_up_s = warm_up.timings.time_to_first_token_s if warm_up.timings else 1.0
+        length = prompt_length(len(prompt), warm_up_s)
+        reply = await _served_turn(engine, prompt[:length], DECODE_STEPS)
+        timings, usage = reply.timings, reply.usage
+        if reply.error or timings is None or usage.completion_tokens < 2:
+            raise RuntimeError(reply.error or "the model ended its reply before a decode step")
+    except Exception as exc:
+        log.warning("provider calibration failed", provider=plan.label, error=str(exc))
+        return Figures(plan.label, plan.info.variant, error=str(exc).strip() or type(exc).__name__)
+    figures = Figures(
+        provider=plan.label,
+        variant=plan.info.variant,
+        ttft_ms=round(timings.time_to_first_token_s * 1000, 3),
+        decode_tok_s=round(timings.decode_tokens_per_s, 2),
+        load_s=round(engine.load_time_s, 3),
+        prompt_tokens=usage.prompt_tokens,
+        decode_steps=usage.completion_tokens - 1,
+    )
+    log.info("provider calibrated", **_fields(figures), calibration_s=_since(started), on="served")
+    return figures
+
+
+async def _served_turn(engine: Served, prompt: list[int], tokens: int) -> Reply:
+    """One greedy raw-prompt request; the reply (its timings, usage and error)."""
+    request = ChatRequest(
+        model=None,
+        prompt=engine.detokenize(prompt),
+        sampling=SamplingParams(max_tokens=tokens, temperature=0.0),
+    )
+    reader = ReplyReader((await engine.submit(request)).chunks)
+    return await reader.read()
 
 
 def decide(
@@ -259,6 +339,14 @@ def fingerprint(profile: HardwareInventory, threads: int | None) -> tuple[str, s
         f"{k} {v}" for k, v in software.items()
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16], description
+
+
+def _variant_entry(machine: dict[str, Any], plan: LoadPlan) -> dict[str, Any]:
+    entry: dict[str, Any] = machine.setdefault("variants", {}).setdefault(
+        variant_key(plan.info.path),
+        {"path": str(plan.info.path), "variant": plan.info.variant, "providers": {}},
+    )
+    return entry
 
 
 def variant_key(path: Path) -> str:

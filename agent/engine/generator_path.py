@@ -131,6 +131,8 @@ class GeneratorPath:
             return
         # The last token of a generated sequence has no KV yet: it was sampled, not fed.
         kept.tokens = kept.generator.get_sequence(0)[:-1]
+        if len(kept.tokens) < MIN_REUSE:
+            return  # it could never be reused: its memory goes now, not a kept one's
         self._kept.insert(0, kept)
         del self._kept[self.limit :]  # the least recently used go: their memory with them
 

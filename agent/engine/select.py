@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from agent.engine.calibration import Calibration, Choice
+from agent.engine.calibration import Calibration, Choice, Served, measure_served
 from agent.engine.loading import LoadPlan
 from agent.hardware.inventory import HardwareInventory
 from agent.hardware.providers import Candidate, Installed, rank, register_plugin
@@ -19,6 +19,18 @@ class Selection:
     ranking: list[Candidate]
     plans: list[LoadPlan]
     choice: Choice
+    calibration: Calibration | None = None
+    profile: HardwareInventory | None = None
+
+    async def measured_on(self, engine: Served) -> Selection:
+        """This selection with the figures of the model `engine` serves, where `auto` had a
+        lone provider left to measure (Choice.measure_served); else this selection."""
+        if not self.choice.measure_served or self.calibration is None or self.profile is None:
+            return self
+        plan = self.plans[0]
+        figures = await measure_served(engine, plan)
+        choice = self.calibration.record(plan, self.profile, self.choice, figures)
+        return replace(self, choice=choice)
 
 
 def select(
@@ -62,7 +74,7 @@ def select(
         choice = Choice(objective, first, "the ranking order (not calibrated)")
     else:
         plans, choice = calibration.choose(plans, profile)
-    return Selection(ranking, plans, choice)
+    return Selection(ranking, plans, choice, calibration, profile)
 
 
 def detect_choice(
@@ -78,6 +90,7 @@ def detect_choice(
             engine.provider_objective,
             engine.intra_op_num_threads or profile.usable_cores,
             measure=root == Path("/"),
+            load_alone=True,  # nothing is served here to measure instead
         )
         return select(
             model_dir,

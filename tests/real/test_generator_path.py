@@ -77,6 +77,18 @@ def test_the_kept_generators_are_bounded_by_the_setting(daemon_factory, entries:
         assert reused == 0  # evicted: its memory went with it
     else:
         assert reused > 100
+    # A sequence shorter than any prefix worth reusing takes no slot (with one entry, it
+    # would have evicted the system prompt just asked).
+    short = httpx.post(
+        f"{daemon.url}/v1/completions",
+        json={"prompt": "Hi", "max_tokens": 2, "temperature": 0},
+        timeout=120,
+    )
+    assert short.status_code == 200 and short.json()["usage"]["total_tokens"] < 16
+    assert path_figures(daemon)["kept"] == entries
+    reused_before = path_figures(daemon)["reused_tokens"]
+    ask(daemon, QUESTIONS[2])
+    assert path_figures(daemon)["reused_tokens"] - reused_before > 100
 
 
 def test_the_same_tools_block_is_reused_under_its_grammar(daemon_factory) -> None:
