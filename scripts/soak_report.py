@@ -135,6 +135,7 @@ class Report:
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
     lost: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # HTTP: an error no kill -9 explains
+    thread_errors: list[str] = field(default_factory=list)  # a soak thread that died
     duplicated: list[str] = field(default_factory=list)  # answered twice, unexplained
     redelivered: int = 0  # the same final again after a restart (at-least-once)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -196,7 +197,7 @@ class Report:
             for n, k in enumerate(self.kills, 1)
             if k.serving != k.pointed
         ]
-        return found + self.failed
+        return found + self.failed + self.thread_errors
 
     def table(self) -> str:
         rows = [

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
 
-from soak import Report, _settle, soak
+from soak import Report, _settle, _thread, soak
 from soak_report import (
     CI_RSS_LIMIT_KIB_PER_1000,
     FDS_LIMIT_PER_1000,
@@ -132,3 +132,19 @@ def test_only_requests_in_flight_at_a_cloud_kill_count_as_cut_by_it() -> None:
     assert not report.cloud_cut(11.0, "http 500 engine_error: sent after the kill")
     assert not report.cloud_cut(9.0, "http 404 model_not_found: not a cloud failure")
     assert report.cut_by_cloud == 1
+
+
+def test_a_soak_thread_that_dies_fails_the_soak() -> None:
+    """A traffic thread that dies (a cancel published while the broker restarts raised
+    once) leaves its requests neither answered nor lost: the soak must fail on it."""
+    report = Report()
+
+    def _mqtt_traffic() -> None:
+        raise RuntimeError("The client is not currently connected.")
+
+    worker = _thread(report, _mqtt_traffic)
+    worker.start()
+    worker.join()
+    assert report.problems() == [
+        "_mqtt_traffic died: RuntimeError('The client is not currently connected.')"
+    ]
