@@ -187,8 +187,8 @@ class Service:
         log.info("model switch", model=str(model.resolve()))
         new = await asyncio.to_thread(self._build_engine, model)  # `auto` may calibrate
         await new.start()
-        await self._measure_served(new)
         try:
+            await self._measure_served(new)
             if check is not None:
                 await check(new)
         except BaseException:  # the model loaded but failed its check: the old one serves
@@ -208,10 +208,12 @@ class Service:
         the daemon says ready, instead of in a load of its own."""
         if self.selection.plans is engine.plans:
             self._measuring = engine
+            self.router.measuring_local = engine is self.router.local  # a first start
             try:
                 self.selection = await self.selection.measured_on(engine)
             finally:
                 self._measuring = None
+                self.router.measuring_local = False
 
     def _publish_model(self) -> None:
         self.metrics.load_time.set(self.engine.load_time_s)
@@ -279,7 +281,7 @@ class Service:
             return Readiness("stalled", self.stalled)
         if self.draining:
             return Readiness("draining")
-        if engine is self._measuring:  # a first start's calibration: the figures stay clean
+        if engine is self._measuring:  # a first start's calibration: local requests wait
             return Readiness("loading", "measuring the provider")
         return Readiness("ready" if engine.ready and engine.alive else "loading")
 

@@ -11,6 +11,7 @@ daemon measures the model it serves instead of loading it once more (`measure_se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import hashlib
@@ -48,6 +49,7 @@ WARM_UP_TOKENS = 8
 PREFILL_BUDGET_S = 1.0  # what the timed prompt should take, judged by the warm-up's pace
 DECODE_STEPS = 16
 DECODE_BUDGET_S = 1.0  # a slow provider stops decoding early; its rate is still known
+SERVED_TIMEOUT_S = 120.0  # a stalled engine must not hold a start or a switch for ever
 SOFTWARE = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-ep-openvino")
 OBJECTIVE_NAMES = {"decode": "decode tokens/s", "ttft": "TTFT"}
 UNMEASURED = "hardware read from a recorded tree is not measured"
@@ -91,7 +93,8 @@ class Choice:
     measure_served: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "figures": [asdict(f) for f in self.figures]}
+        shown = {k: v for k, v in asdict(self).items() if k != "measure_served"}
+        return {**shown, "figures": [asdict(f) for f in self.figures]}
 
     def lines(self) -> list[str]:
         head = f"provider choice (objective: {OBJECTIVE_NAMES[self.objective]}): {self.provider}"
@@ -118,16 +121,19 @@ class Calibration:
         cache = _read(path)
         machine = self._machine(cache, profile)
         figures, changed = [], False
-        length: int | None = None  # one prompt length for the providers measured together
+        entries = {plan.label: _variant_entry(machine, plan) for plan in plans}
+        cached = {p.label: _cached(entries[p.label]["providers"].get(p.label), p) for p in plans}
+        # One prompt length for every figure compared: a cached one's, else the first measured.
+        length = next((known.prompt_tokens for known in cached.values() if known), None)
         for plan in plans:
-            entry = _variant_entry(machine, plan)
-            known = _cached(entry["providers"].get(plan.label), plan)
+            entry, known = entries[plan.label], cached[plan.label]
             if known is not None:
                 log.info("provider calibration cached", **_fields(known))
             elif not self.measure:
                 known = Figures(plan.label, plan.info.variant, source="none", error=UNMEASURED)
             elif len(plans) == 1 and not self.load_alone:
                 reason = f"{plan.label} is the only accepted provider"
+                log.info("provider chosen", provider=plan.label, reason=reason)
                 return plans, Choice(self.objective, plan.label, reason, measure_served=True)
             else:
                 known = measure(plan, self.threads, length)
@@ -183,15 +189,19 @@ class Served(Protocol):
 
 
 async def measure_served(engine: Served, plan: LoadPlan) -> Figures:
-    """`measure`'s figures, taken on the model the daemon serves (lone requests: its
-    og.Generator path), before it is announced ready: no second load."""
+    """`measure`'s figures, taken on the model the daemon serves (a lone request, as most
+    are), before it is announced ready: no second load. The warm-up's pace sizes the prompt
+    and the decode steps (DECODE_BUDGET_S)."""
     started = time.perf_counter()
     try:
-        prompt = [int(t) for t in engine.tokenize(PROMPT)][:MAX_PROMPT_TOKENS]
-        warm_up = await _served_turn(engine, prompt[:WARM_UP_TOKENS], 2)
-        warm_up_s = warm_up.timings.time_to_first_token_s if warm_up.timings else 1.0
-        length = prompt_length(len(prompt), warm_up_s)
-        reply = await _served_turn(engine, prompt[:length], DECODE_STEPS)
+        async with asyncio.timeout(SERVED_TIMEOUT_S):
+            prompt = [int(t) for t in engine.tokenize(PROMPT)][:MAX_PROMPT_TOKENS]
+            warm_up = await _served_turn(engine, prompt[:WARM_UP_TOKENS], 2)
+            paced = warm_up.timings
+            length = prompt_length(len(prompt), paced.time_to_first_token_s if paced else 1.0)
+            rate = paced.decode_tokens_per_s if paced else 0.0
+            steps = min(DECODE_STEPS, max(3, int(rate * DECODE_BUDGET_S)))
+            reply = await _served_turn(engine, prompt[:length], steps)
         timings, usage = reply.timings, reply.usage
         if reply.error or timings is None or usage.completion_tokens < 2:
             raise RuntimeError(reply.error or "the model ended its reply before a decode step")

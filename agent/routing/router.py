@@ -68,6 +68,7 @@ class Router:
         self.default_route = default_route
         self.limits = limits
         self.draining = False  # shutting down: new requests are refused
+        self.measuring_local = False  # a first start calibrates the local model: it is not ready
         self._inflight: dict[str, _InFlight] = {}
 
     def prepare(self, request: ChatRequest) -> ChatRequest:
@@ -177,6 +178,12 @@ class Router:
         return routed
 
     async def _local(self, entry: _InFlight, request: ChatRequest, reason: str) -> Routed:
+        if self.measuring_local:  # as while it loads: its figures must be its own
+            raise EngineError(
+                ErrorCode.MODEL_NOT_READY,
+                "The model is being measured before it serves (first start)",
+                retry_after_s=1,
+            )
         engine = self.local
         stream = await engine.submit(request)
         entry.stop = partial(engine.cancel, request.request_id)

@@ -186,6 +186,25 @@ def test_health_and_mqtt_answer_in_the_middle_of_a_long_prefill(
 
     streaming = threading.Thread(target=stream)
     streaming.start()
+    try:
+        seen_mid_prefill, healthy_mid_prefill, mqtt_mid_prefill = _probe_mid_prefill(
+            daemon, device, first_token
+        )
+    finally:
+        streaming.join(120)
+        device.close()
+        broker.stop()
+    assert prompt_tokens and prompt_tokens[0] >= 2000
+    assert seen_mid_prefill
+    assert healthy_mid_prefill
+    assert mqtt_mid_prefill
+
+
+def _probe_mid_prefill(
+    daemon: Daemon, device: Device, first_token: threading.Event
+) -> tuple[bool, bool, bool]:
+    """Until the first token: whether a prefill was seen under way, and /health and an MQTT
+    request answered while it still was."""
     seen_mid_prefill = healthy_mid_prefill = mqtt_mid_prefill = False
     deadline = time.monotonic() + 120
 
@@ -201,13 +220,7 @@ def test_health_and_mqtt_answer_in_the_middle_of_a_long_prefill(
             if not mqtt_mid_prefill:  # rejected by the gateway itself, not the engine
                 replies = device.replies(device.request("prefill", SENTINEL), timeout_s=60)
                 mqtt_mid_prefill = replies[-1]["type"] == "rejected" and prefill_left() > 0
-    streaming.join(120)
-    device.close()
-    broker.stop()
-    assert prompt_tokens and prompt_tokens[0] >= 2000
-    assert seen_mid_prefill
-    assert healthy_mid_prefill
-    assert mqtt_mid_prefill
+    return seen_mid_prefill, healthy_mid_prefill, mqtt_mid_prefill
 
 
 @pytest.fixture(scope="module")
