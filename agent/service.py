@@ -281,7 +281,7 @@ class Service:
             return Readiness("stalled", self.stalled)
         if self.draining:
             return Readiness("draining")
-        if engine is self._measuring:  # a first start's calibration: local requests wait
+        if engine is self._measuring:  # a first start's calibration: local requests are refused
             return Readiness("loading", "measuring the provider")
         return Readiness("ready" if engine.ready and engine.alive else "loading")
 
