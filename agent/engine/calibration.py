@@ -206,19 +206,11 @@ async def measure_served(engine: Served, plan: LoadPlan) -> Figures:
         if reply.error or timings is None or usage.completion_tokens < 2:
             raise RuntimeError(reply.error or "the model ended its reply before a decode step")
     except Exception as exc:
-        log.warning("provider calibration failed", provider=plan.label, error=str(exc))
-        return Figures(plan.label, plan.info.variant, error=str(exc).strip() or type(exc).__name__)
-    figures = Figures(
-        provider=plan.label,
-        variant=plan.info.variant,
-        ttft_ms=round(timings.time_to_first_token_s * 1000, 3),
-        decode_tok_s=round(timings.decode_tokens_per_s, 2),
-        load_s=round(engine.load_time_s, 3),
-        prompt_tokens=usage.prompt_tokens,
-        decode_steps=usage.completion_tokens - 1,
-    )
-    log.info("provider calibrated", **_fields(figures), calibration_s=_since(started), on="served")
-    return figures
+        return _failed(plan, exc)
+    return _calibrated(
+        plan, started, timings.time_to_first_token_s, timings.decode_tokens_per_s,
+        engine.load_time_s, usage.prompt_tokens, usage.completion_tokens - 1, on="served",
+    )  # fmt: skip
 
 
 async def _served_turn(engine: Served, prompt: list[int], tokens: int) -> Reply:
@@ -283,19 +275,37 @@ def measure(plan: LoadPlan, threads: int | None, prompt_tokens: int | None = Non
         if steps == 0:
             raise RuntimeError("no decode step finished")
     except Exception as exc:
-        log.warning("provider calibration failed", provider=plan.label, error=str(exc))
-        return Figures(plan.label, plan.info.variant, error=str(exc).strip() or type(exc).__name__)
+        return _failed(plan, exc)
+    return _calibrated(plan, started, ttft_s, steps / decode_s, load_s, len(prompt), steps)
+
+
+def _calibrated(
+    plan: LoadPlan,
+    started: float,
+    ttft_s: float,
+    decode_tok_s: float,
+    load_s: float,
+    prompt_tokens: int,
+    decode_steps: int,
+    **logged: str,
+) -> Figures:
+    """One provider's figures, logged (with `logged`: where they were taken)."""
     figures = Figures(
         provider=plan.label,
         variant=plan.info.variant,
         ttft_ms=round(ttft_s * 1000, 3),
-        decode_tok_s=round(steps / decode_s, 2),
+        decode_tok_s=round(decode_tok_s, 2),
         load_s=round(load_s, 3),
-        prompt_tokens=len(prompt),
-        decode_steps=steps,
+        prompt_tokens=prompt_tokens,
+        decode_steps=decode_steps,
     )
-    log.info("provider calibrated", **_fields(figures), calibration_s=_since(started))
+    log.info("provider calibrated", **_fields(figures), calibration_s=_since(started), **logged)
     return figures
+
+
+def _failed(plan: LoadPlan, exc: Exception) -> Figures:
+    log.warning("provider calibration failed", provider=plan.label, error=str(exc))
+    return Figures(plan.label, plan.info.variant, error=str(exc).strip() or type(exc).__name__)
 
 
 def prompt_length(available: int, warm_up_s: float) -> int:

@@ -125,19 +125,27 @@ def child(variant: str, session: dict, threads: int, max_length: int, max_batch:
     stage("idle")
 
 
+def _copy_without_weights(variant: Path, kind: str) -> tuple[Path, bool]:
+    """CACHE's folder for `variant` made by `kind`, and whether it is made already; if not,
+    it now holds every file of `variant` but the graph and its weights."""
+    target = CACHE / f"{variant.parent.name}-{variant.name}-{kind}"
+    if (target / "model.onnx").is_file():
+        return target, True
+    target.mkdir(parents=True, exist_ok=True)
+    for item in variant.iterdir():
+        if item.name not in ("model.onnx", "model.onnx.data"):
+            shutil.copy(item, target / item.name)
+    return target, False
+
+
 def rewrite(variant: Path, shift: int) -> Path:
     """A copy of `variant` whose model.onnx.data holds every tensor at a page boundary plus
     `shift` bytes (0: onnxruntime can map each tensor; 64: it cannot map any)."""
     import onnx
 
-    kind = "aligned" if shift == 0 else "unaligned"
-    target = CACHE / f"{variant.parent.name}-{variant.name}-{kind}"
-    if (target / "model.onnx").is_file():
+    target, made = _copy_without_weights(variant, "aligned" if shift == 0 else "unaligned")
+    if made:
         return target
-    target.mkdir(parents=True, exist_ok=True)
-    for item in variant.iterdir():
-        if item.name not in ("model.onnx", "model.onnx.data"):
-            shutil.copy(item, target / item.name)
     graph = onnx.load(str(variant / "model.onnx"), load_external_data=False)
     with (variant / "model.onnx.data").open("rb") as source, \
             (target / "model.onnx.data").open("wb") as out:  # fmt: skip
@@ -160,13 +168,9 @@ def rewrite(variant: Path, shift: int) -> Path:
 
 def prepacked(variant: Path) -> Path:
     """A copy of `variant` as onnxruntime saves it after optimizing and prepacking."""
-    target = CACHE / f"{variant.parent.name}-{variant.name}-prepacked"
-    if (target / "model.onnx").is_file():
+    target, made = _copy_without_weights(variant, "prepacked")
+    if made:
         return target
-    target.mkdir(parents=True, exist_ok=True)
-    for item in variant.iterdir():
-        if item.name not in ("model.onnx", "model.onnx.data"):
-            shutil.copy(item, target / item.name)
     saving = {
         "session.optimized_model_filepath": str(target / "model.onnx"),
         "session.save_external_prepacked_constant_initializers": "1",
