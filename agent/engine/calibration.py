@@ -7,11 +7,10 @@ whose calibration fails (or was never measured) leaves the choice to the ranking
 measurement stays within a few seconds on any model: the prompt is sized by the warm-up's
 speed (Phi-4-mini on a slow gateway prefills a few tokens per second), decode by a time
 budget. With one accepted provider there is nothing to choose before loading, so the
-daemon measures the model it serves instead of loading it once more (`measure_served`)."""
+daemon measures the model it serves instead of loading it once more (served_calibration)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import hashlib
@@ -19,19 +18,14 @@ import importlib.metadata
 import json
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import numpy as np
 import onnxruntime_genai as og
 import structlog
 
-from agent.engine.backend import Stream
 from agent.engine.loading import LoadPlan, og_config
-from agent.engine.reply import Reply, ReplyReader
-from agent.engine.types import ChatRequest, SamplingParams
 from agent.hardware.inventory import HardwareInventory
 
 log = structlog.get_logger(__name__)
@@ -49,7 +43,6 @@ WARM_UP_TOKENS = 8
 PREFILL_BUDGET_S = 1.0  # what the timed prompt should take, judged by the warm-up's pace
 DECODE_STEPS = 16
 DECODE_BUDGET_S = 1.0  # a slow provider stops decoding early; its rate is still known
-SERVED_TIMEOUT_S = 120.0  # a stalled engine must not hold a start or a switch for ever
 SOFTWARE = ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-ep-openvino")
 OBJECTIVE_NAMES = {"decode": "decode tokens/s", "ttft": "TTFT"}
 UNMEASURED = "hardware read from a recorded tree is not measured"
@@ -175,55 +168,6 @@ class Calibration:
         return machine
 
 
-class Served(Protocol):
-    """What `measure_served` needs of the engine serving the model (LocalEngine)."""
-
-    @property
-    def load_time_s(self) -> float: ...
-
-    def tokenize(self, text: str) -> np.ndarray: ...
-
-    def detokenize(self, tokens: Sequence[int]) -> str: ...
-
-    async def submit(self, request: ChatRequest) -> Stream: ...
-
-
-async def measure_served(engine: Served, plan: LoadPlan) -> Figures:
-    """`measure`'s figures, taken on the model the daemon serves (a lone request, as most
-    are), before it is announced ready: no second load. The warm-up's pace sizes the prompt
-    and the decode steps (DECODE_BUDGET_S)."""
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(SERVED_TIMEOUT_S):
-            prompt = [int(t) for t in engine.tokenize(PROMPT)][:MAX_PROMPT_TOKENS]
-            warm_up = await _served_turn(engine, prompt[:WARM_UP_TOKENS], 2)
-            paced = warm_up.timings
-            length = prompt_length(len(prompt), paced.time_to_first_token_s if paced else 1.0)
-            rate = paced.decode_tokens_per_s if paced else 0.0
-            steps = min(DECODE_STEPS, max(3, int(rate * DECODE_BUDGET_S)))
-            reply = await _served_turn(engine, prompt[:length], steps)
-        timings, usage = reply.timings, reply.usage
-        if reply.error or timings is None or usage.completion_tokens < 2:
-            raise RuntimeError(reply.error or "the model ended its reply before a decode step")
-    except Exception as exc:
-        return _failed(plan, exc)
-    return _calibrated(
-        plan, started, timings.time_to_first_token_s, timings.decode_tokens_per_s,
-        engine.load_time_s, usage.prompt_tokens, usage.completion_tokens - 1, on="served",
-    )  # fmt: skip
-
-
-async def _served_turn(engine: Served, prompt: list[int], tokens: int) -> Reply:
-    """One greedy raw-prompt request; the reply (its timings, usage and error)."""
-    request = ChatRequest(
-        model=None,
-        prompt=engine.detokenize(prompt),
-        sampling=SamplingParams(max_tokens=tokens, temperature=0.0),
-    )
-    reader = ReplyReader((await engine.submit(request)).chunks)
-    return await reader.read()
-
-
 def decide(
     plans: list[LoadPlan], figures: list[Figures], objective: Objective
 ) -> tuple[list[LoadPlan], str]:
@@ -275,11 +219,11 @@ def measure(plan: LoadPlan, threads: int | None, prompt_tokens: int | None = Non
         if steps == 0:
             raise RuntimeError("no decode step finished")
     except Exception as exc:
-        return _failed(plan, exc)
-    return _calibrated(plan, started, ttft_s, steps / decode_s, load_s, len(prompt), steps)
+        return failed(plan, exc)
+    return calibrated(plan, started, ttft_s, steps / decode_s, load_s, len(prompt), steps)
 
 
-def _calibrated(
+def calibrated(
     plan: LoadPlan,
     started: float,
     ttft_s: float,
@@ -303,7 +247,7 @@ def _calibrated(
     return figures
 
 
-def _failed(plan: LoadPlan, exc: Exception) -> Figures:
+def failed(plan: LoadPlan, exc: Exception) -> Figures:
     log.warning("provider calibration failed", provider=plan.label, error=str(exc))
     return Figures(plan.label, plan.info.variant, error=str(exc).strip() or type(exc).__name__)
 

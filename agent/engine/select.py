@@ -6,8 +6,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from agent.engine.calibration import Calibration, Choice, Served, measure_served
+from agent.engine.calibration import Calibration, Choice
 from agent.engine.loading import LoadPlan
+from agent.engine.served_calibration import Served, measure_served
 from agent.hardware.inventory import HardwareInventory
 from agent.hardware.providers import Candidate, Installed, rank, register_plugin
 from agent.models.info import ModelDirError, resolve_model, variant_providers
